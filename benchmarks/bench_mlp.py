@@ -1,0 +1,419 @@
+"""Train M small MLPs side by side: overfit's fit() against the usual loops.
+
+The workload: M multilayer perceptrons 1-64-64-1 (tanh), each trained for
+``--steps`` full-batch Adam steps (same learning rate everywhere) on the same
+64 points ``x ~ U[0, 1]``, ``y = sin(2 pi x) + 0.1 N(0, 1)``, with
+
+1. overfit: ``fit(mlp(1, (64, 64)), data, key=jax.random.split(key, M),
+   optimizer=optax.adam(lr), epochs=steps)`` (one compiled call; the history
+   evaluated every epoch, the default, and every ``--eval-every`` epochs);
+2. a hand-written JAX reference (``vmap`` + ``lax.scan`` of optax Adam, no
+   evaluation, no masks): what the same hardware does with no library around it;
+3. scikit-learn: M x ``MLPRegressor(...).fit`` in a Python loop;
+4. PyTorch: M sequential models, each ``steps`` x ``torch.optim.Adam``;
+5. PyTorch ``torch.func``: the M models stacked (``stack_module_state``) and
+   run with ``vmap(functional_call)``, one Adam over the stacked parameters.
+
+Peers that are not installed are reported as skipped. Run::
+
+    python benchmarks/bench_mlp.py                  # M = 32, 2000 steps
+    python benchmarks/bench_mlp.py --models 32 1024 # how the cost grows with M
+    python benchmarks/bench_mlp.py --quick          # smoke test, a few seconds
+
+See benchmarks/README.md for the meaning of every column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from _common import SKIPPED, environment, fmt, n_cores, optional_import, table, timed
+
+HIDDEN = (64, 64)
+N_TRAIN = 64
+NOISE = 0.1
+GOAL = 5.0  # the issue's target: >= 5x faster than the scikit-learn loop once compiled
+
+
+@dataclasses.dataclass
+class Row:
+    """One tool's result for M models; times in seconds for all M models."""
+
+    tool: str
+    n_models: int
+    e2e: float | None = None
+    steady: float | None = None
+    mse: float | None = None
+    note: str = ""
+
+    @property
+    def per_model_ms(self) -> float | None:
+        return None if self.steady is None else 1e3 * self.steady / self.n_models
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def make_data(seed: int):
+    """The overfit Dataset and the same training split as float32 NumPy arrays."""
+    import jax
+
+    from overfit.data import regression
+
+    data = regression(jax.random.key(seed), target="sin", n_train=N_TRAIN, n_val=N_TRAIN,
+                      n_test=256, noise=NOISE, domain=(0.0, 1.0))
+    x = np.asarray(data.x_train, np.float32)
+    y = np.asarray(data.y_train, np.float32)
+    return data, x, y
+
+
+def mse_of(pred: np.ndarray, y: np.ndarray) -> float:
+    """Mean over models of each model's train MSE; ``pred`` is ``(M, n)``."""
+    return float(np.mean((np.asarray(pred, np.float64) - y) ** 2))
+
+
+# --------------------------------------------------------------------------- overfit
+
+
+def bench_overfit(data, x, y, n_models: int, steps: int, lr: float, eval_every: int,
+                  repeat: int) -> Row:
+    import jax
+    import optax
+
+    from overfit.models import mlp
+    from overfit.train import fit
+
+    keys = jax.random.split(jax.random.key(0), n_models)
+    # Fresh objects: fit's jit cache is keyed on the model's and optimizer's
+    # identity, so the first call below traces and compiles.
+    model, opt = mlp(1, HIDDEN), optax.adam(lr)
+
+    def run():
+        result = fit(model, data, key=keys, optimizer=opt, epochs=steps, eval_every=eval_every)
+        return jax.block_until_ready(result)
+
+    e2e, result = timed(run)
+    steady = min(timed(run)[0] for _ in range(repeat))  # same objects: the cache hits
+    pred = jax.vmap(model.apply, in_axes=(0, 0, None))(result.params, result.state, x)
+    mse = mse_of(pred, y)
+    # The history's last train MSE must be the returned parameters' MSE.
+    last = float(np.mean(result.history.train_metric[:, -1]))
+    note = "" if math.isclose(last, mse, rel_tol=1e-3, abs_tol=1e-6) else (
+        f"history says train MSE {last:.3g}!")
+    label = "default, " if eval_every == 1 else ""
+    return Row(f"overfit fit ({label}eval_every={eval_every})", n_models, e2e, steady, mse, note)
+
+
+def bench_jax_reference(x, y, n_models: int, steps: int, lr: float, repeat: int) -> Row:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    sizes = (1, *HIDDEN, 1)
+
+    def init(key):
+        keys = jax.random.split(key, len(sizes) - 1)
+        return [(jax.random.normal(k, (m, n)) / jnp.sqrt(m), jnp.zeros(n))
+                for k, m, n in zip(keys, sizes[:-1], sizes[1:])]
+
+    def apply(params, x):
+        h = x
+        for w, b in params[:-1]:
+            h = jnp.tanh(h @ w + b)
+        w, b = params[-1]
+        return (h @ w + b)[:, 0]
+
+    def loss(params, x, y):
+        return 0.5 * jnp.mean((apply(params, x) - y) ** 2)
+
+    def make():
+        opt = optax.adam(lr)  # a new closure per make(): the first call compiles
+
+        @jax.jit
+        def train(keys, x, y):
+            params = jax.vmap(init)(keys)
+            opt_state = jax.vmap(opt.init)(params)
+
+            def step(carry, _):
+                params, opt_state = carry
+                grads = jax.vmap(jax.grad(loss), in_axes=(0, None, None))(params, x, y)
+                updates, opt_state = jax.vmap(opt.update)(grads, opt_state, params)
+                return (optax.apply_updates(params, updates), opt_state), None
+
+            (params, _), _ = jax.lax.scan(step, (params, opt_state), None, length=steps)
+            return jax.vmap(apply, in_axes=(0, None))(params, x)
+
+        return train
+
+    keys = jax.random.split(jax.random.key(0), n_models)
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    train = make()
+    e2e, pred = timed(lambda: jax.block_until_ready(train(keys, xj, yj)))
+    steady = min(timed(lambda: jax.block_until_ready(train(keys, xj, yj)))[0]
+                 for _ in range(repeat))
+    return Row("jax reference (vmap + scan, no eval)", n_models, e2e, steady, mse_of(pred, y))
+
+
+# ---------------------------------------------------------------------- scikit-learn
+
+
+def bench_sklearn(x, y, n_models: int, steps: int, lr: float) -> tuple[float, float] | None:
+    """Seconds for ``n_models`` fits in a loop and their mean train MSE."""
+    if optional_import("sklearn") is None:
+        return None
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPRegressor
+
+    def run():
+        preds = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for i in range(n_models):
+                est = MLPRegressor(
+                    hidden_layer_sizes=HIDDEN, activation="tanh", solver="adam",
+                    learning_rate_init=lr, batch_size=len(x), max_iter=steps, tol=0.0,
+                    n_iter_no_change=steps + 1, alpha=0.0, shuffle=False, random_state=i,
+                )
+                est.fit(x, y)
+                if est.n_iter_ != steps:
+                    raise RuntimeError(f"MLPRegressor stopped after {est.n_iter_} of {steps}")
+                preds.append(est.predict(x))
+        return np.stack(preds)
+
+    seconds, pred = timed(run)
+    return seconds, mse_of(pred, y)
+
+
+# --------------------------------------------------------------------------- PyTorch
+
+
+def _torch_net(torch):
+    layers, sizes = [], (1, *HIDDEN, 1)
+    for m, n in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(m, n), torch.nn.Tanh()]
+    return torch.nn.Sequential(*layers[:-1])
+
+
+def bench_torch_loop(x, y, n_models: int, steps: int, lr: float) -> tuple[float, float] | None:
+    torch = optional_import("torch")
+    if torch is None:
+        return None
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def run():
+        preds = []
+        for i in range(n_models):
+            torch.manual_seed(i)
+            net = _torch_net(torch)
+            opt = torch.optim.Adam(net.parameters(), lr=lr)
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                loss = 0.5 * ((net(xt)[:, 0] - yt) ** 2).mean()  # sklearn's and overfit's loss
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                preds.append(net(xt)[:, 0].numpy())
+        return np.stack(preds)
+
+    seconds, pred = timed(run)
+    return seconds, mse_of(pred, y)
+
+
+def bench_torch_vmap(x, y, n_models: int, steps: int, lr: float, repeat: int) -> Row | None:
+    torch = optional_import("torch")
+    if torch is None:
+        return None
+    import copy
+
+    from torch.func import functional_call, stack_module_state, vmap
+
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def run():
+        torch.manual_seed(0)
+        nets = [_torch_net(torch) for _ in range(n_models)]
+        params, buffers = stack_module_state(nets)  # leaves with requires_grad
+        base = copy.deepcopy(nets[0]).to("meta")
+
+        def one(p, b, x):
+            return functional_call(base, (p, b), (x,))[:, 0]
+
+        batched = vmap(one, in_dims=(0, 0, None))
+        # Adam is elementwise, so one Adam over the stacked tensors is M
+        # independent Adams; the sum of the members' losses has each member's
+        # gradient in its own slice.
+        opt = torch.optim.Adam(params.values(), lr=lr)
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = 0.5 * ((batched(params, buffers, xt) - yt) ** 2).mean(dim=1).sum()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return batched(params, buffers, xt).numpy()
+
+    e2e, pred = timed(run)
+    steady = min([e2e] + [timed(run)[0] for _ in range(repeat - 1)])
+    return Row("torch.func vmap ensemble", n_models, e2e, steady, mse_of(pred, y),
+               "no compile step: end-to-end = first run")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def loop_row(tool: str, measured: tuple[float, float] | None, n_timed: int,
+             n_models: int) -> Row:
+    if measured is None:
+        return Row(tool, n_models, note=SKIPPED)
+    seconds, mse = measured
+    total = seconds * n_models / n_timed
+    note = "no compile step: one run, both columns"
+    if n_timed != n_models:
+        note = f"timed {n_timed} models, scaled x{n_models / n_timed:g} (linear)"
+    return Row(tool, n_models, total, total, mse, note)
+
+
+def speed(ratio: float) -> str:
+    if ratio >= 1:
+        return f"{ratio:.1f}x faster than"
+    return f"{ratio:.2f}x as fast as (i.e. {1 / ratio:.1f}x SLOWER than)"
+
+
+def report(rows: list[Row], steps: int) -> str:
+    base = rows[0]  # overfit, eval_every=1: the default call
+    out = []
+    body = []
+    for r in rows:
+        ratio = None if r.steady is None else r.steady / base.steady
+        body.append([r.tool, fmt(r.e2e), fmt(r.steady), fmt(r.per_model_ms, ".1f"),
+                     fmt(ratio, ".2f"), fmt(r.mse, ".4f"), r.note])
+    out.append(table(["tool", "end-to-end s", "steady s", "per-model ms",
+                      "ratio vs overfit steady", "final train MSE", "note"], body))
+    by_tool = {r.tool.split(" (")[0]: r for r in rows}
+    overfit_rows = [r for r in rows if r.tool.startswith("overfit")]
+    lines = []
+    for peer, what in (("scikit-learn MLPRegressor loop", "the scikit-learn loop"),
+                       ("torch loop", "the PyTorch loop"),
+                       ("torch.func vmap ensemble", "PyTorch torch.func vmap")):
+        r = by_tool.get(peer)
+        if r is None or r.steady is None:
+            continue
+        for o in overfit_rows:
+            tag = o.tool[len("overfit fit "):]
+            goal = ""
+            if peer.startswith("scikit"):
+                goal = f" (goal >= {GOAL:g}x: {'met' if r.steady / o.steady >= GOAL else 'NOT met'})"
+            lines.append(f"overfit {tag} is {speed(r.steady / o.steady)} {what} once "
+                         f"compiled{goal}")
+            lines.append(f"overfit {tag} is {speed(r.e2e / o.e2e)} {what} end-to-end "
+                         "including compilation")
+    if lines:
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", type=int, nargs="+", default=None,
+                   help="ensemble sizes M to time (default 32)")
+    p.add_argument("--steps", type=int, default=None, help="Adam steps = epochs (default 2000)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="steady-state runs per compiled tool; the minimum is reported (default 3)")
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 1e-2)")
+    p.add_argument("--eval-every", type=int, default=100,
+                   help="second overfit row's eval_every (default 100; must divide --steps)")
+    p.add_argument("--max-loop-models", type=int, default=None,
+                   help="the scikit-learn and torch loops time at most this many models and "
+                        "scale linearly to M (default 32)")
+    p.add_argument("--max-vmap-models", type=int, default=1024,
+                   help="skip torch.func vmap above this M (default 1024)")
+    p.add_argument("--no-peers", action="store_true", help="time overfit and the JAX reference only")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: M=8, 200 steps, 1 repeat, loops time 4 models")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--seed", type=int, default=0, help="data seed")
+    args = p.parse_args(argv)
+    quick = dict(models=[8], steps=200, repeat=1, max_loop_models=4)
+    full = dict(models=[32], steps=2000, repeat=3, max_loop_models=32)
+    for k, v in (quick if args.quick else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if min(args.models) < 1 or args.steps < 1 or args.repeat < 1 or args.max_loop_models < 1:
+        p.error("--models, --steps, --repeat and --max-loop-models must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    torch = None if args.no_peers else optional_import("torch")
+    if torch is not None:
+        torch.set_num_threads(n_cores())
+    print("# bench_mlp: M x MLP 1-64-64-1 (tanh), full-batch Adam")
+    for k, v in environment().items():
+        print(f"{k:>12}: {v}")
+    if torch is not None:
+        print(f"{'torch threads':>12}: {torch.get_num_threads()}")
+    print(f"    workload: {args.steps} steps, lr {args.lr:g}, {N_TRAIN} points "
+          f"x ~ U[0, 1], y = sin(2 pi x) + {NOISE:g} N(0, 1); M = {args.models}\n")
+
+    data, x, y = make_data(args.seed)
+    n_loop = min(max(args.models), args.max_loop_models)
+    sk = tl = None
+    if not args.no_peers:
+        print(f"timing the scikit-learn loop on {n_loop} models ...", flush=True)
+        sk = bench_sklearn(x, y, n_loop, args.steps, args.lr)
+        print(f"timing the torch loop on {n_loop} models ...", flush=True)
+        tl = bench_torch_loop(x, y, n_loop, args.steps, args.lr)
+
+    all_rows: dict[int, list[Row]] = {}
+    for m in args.models:
+        print(f"\n## M = {m}", flush=True)
+        rows = [bench_overfit(data, x, y, m, args.steps, args.lr, 1, args.repeat)]
+        if args.eval_every != 1:
+            if args.steps % args.eval_every:
+                print(f"(eval_every={args.eval_every} does not divide {args.steps}: row skipped)")
+            else:
+                rows.append(bench_overfit(data, x, y, m, args.steps, args.lr, args.eval_every,
+                                          args.repeat))
+        rows.append(bench_jax_reference(x, y, m, args.steps, args.lr, args.repeat))
+        if not args.no_peers:
+            rows.append(loop_row("scikit-learn MLPRegressor loop", sk, n_loop, m))
+            rows.append(loop_row("torch loop", tl, n_loop, m))
+            if torch is None:
+                rows.append(Row("torch.func vmap ensemble", m, note=SKIPPED))
+            elif m > args.max_vmap_models:
+                rows.append(Row("torch.func vmap ensemble", m,
+                                note=f"skipped: M > --max-vmap-models={args.max_vmap_models}"))
+            else:
+                rows.append(bench_torch_vmap(x, y, m, args.steps, args.lr, args.repeat))
+        all_rows[m] = rows
+        print(report(rows, args.steps), flush=True)
+
+    if len(args.models) > 1:
+        print("\n## How the cost grows with M (steady-state per-model ms; loops extrapolated "
+              "linearly where marked above)")
+        tools = [r.tool for r in all_rows[args.models[0]]]
+        body = [[t] + [fmt(next(r for r in all_rows[m] if r.tool == t).per_model_ms, ".2f")
+                       for m in args.models] for t in tools]
+        print(table(["tool"] + [f"M={m}" for m in args.models], body))
+
+    print("\nend-to-end: from fresh model/optimizer objects to trained parameters, compilation "
+          "included (overfit, JAX); steady: best of --repeat further calls with the same objects "
+          "(jit cache hit).")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": environment(), "args": vars(args),
+                       "rows": {m: [dataclasses.asdict(r) for r in rs]
+                                for m, rs in all_rows.items()}}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""overfit: see overfitting and the bias-variance trade-off, thousands of models at a time.
+
+The flat public API. Submodules, one job each: ``data`` (samplers with the
+truth kept), ``models`` (``(init, apply)`` pairs of varying capacity), ``solve``
+(closed-form fits), ``train`` (the fused training loop), ``early_stopping``,
+``sweep`` (grids), ``display`` (plots), ``scenario`` (TOML runs).
+"""
+
+from overfit.data import (
+    REAL_DATASETS,
+    SHAPES,
+    TARGETS,
+    Dataset,
+    bootstrap_indices,
+    classification,
+    make_classification_preset,
+    real,
+    regression,
+    resample,
+    sphere,
+)
+from overfit.data import (
+    linear as linear_data,
+)
+from overfit.early_stopping import EarlyStopping, StopState, never, patience, prechelt
+from overfit.models import Model, dropout, legendre, linear, mlp, polynomial, random_features
+from overfit.solve import fit_linear, solve
+from overfit.sweep import grid, take, unflatten
+from overfit.train import FitResult, History, evaluate, fit, objective
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CurveDisplay", "FitDisplay", "save_figure",
+    "REAL_DATASETS", "SHAPES", "TARGETS", "Dataset", "bootstrap_indices", "classification",
+    "linear_data", "make_classification_preset", "real", "regression", "resample", "sphere",
+    "EarlyStopping", "StopState", "never", "patience", "prechelt",
+    "Model", "dropout", "legendre", "linear", "mlp", "polynomial", "random_features",
+    "fit_linear", "solve", "grid", "take", "unflatten",
+    "History", "FitResult", "evaluate", "fit", "objective",
+]
+
+_PLOTTING = ("CurveDisplay", "FitDisplay", "save_figure")
+
+
+def __getattr__(name: str):
+    # matplotlib loads only when a Display is first asked for
+    if name in _PLOTTING:
+        from overfit import display
+
+        return getattr(display, name)
+    raise AttributeError(f"module 'overfit' has no attribute {name!r}")

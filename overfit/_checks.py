@@ -1,0 +1,73 @@
+"""Argument checks that name the field and the allowed values.
+
+Checks run on concrete Python/NumPy values only: a traced value (inside jit or
+vmap) cannot be inspected, so it passes through and the caller's own host-side
+check is the guard.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_concrete(value: Any) -> bool:
+    """True when `value` can be inspected on the host (not a JAX tracer)."""
+    return not any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(value))
+
+
+def check_choice(field: str, value: Any, choices: Iterable[Any]) -> Any:
+    """Raise ValueError unless `value` is one of `choices`, suggesting the closest."""
+    choices = list(choices)
+    if value in choices:
+        return value
+    hint = ""
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+    allowed = ", ".join(repr(c) for c in choices)
+    raise ValueError(f"{field}={value!r} is not allowed; choose one of {allowed}.{hint}")
+
+
+def check_range(
+    field: str,
+    value: Any,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> Any:
+    """Raise ValueError unless every element of `value` lies in the interval.
+
+    `lo_open`/`hi_open` exclude the end point, e.g. a flip rate in [0, 1)
+    is `check_range("flip", q, lo=0, hi=1, hi_open=True)`.
+    """
+    if not is_concrete(value):
+        return value
+    arr = np.asarray(value, dtype=float)
+    bad = ~np.isfinite(arr)
+    if lo is not None:
+        bad |= arr <= lo if lo_open else arr < lo
+    if hi is not None:
+        bad |= arr >= hi if hi_open else arr > hi
+    if np.any(bad):
+        left = "-inf" if lo is None else f"{lo:g}"
+        right = "inf" if hi is None else f"{hi:g}"
+        opening = "(" if lo_open or lo is None else "["
+        closing = ")" if hi_open or hi is None else "]"
+        interval = f"{opening}{left}, {right}{closing}"
+        raise ValueError(f"{field}={value!r} is out of range; allowed values lie in {interval}.")
+    return value
+
+
+def check_int(field: str, value: Any, *, lo: int | None = None, hi: int | None = None) -> int:
+    """Raise ValueError unless `value` is an integer in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{field}={value!r} must be an integer.")
+    check_range(field, value, lo=lo, hi=hi)
+    return int(value)

@@ -1,0 +1,104 @@
+"""The ``overfit`` command: a thin shell over :mod:`overfit.scenario`.
+
+    overfit run SCENARIO.toml [...] [--out DIR] [--set section.key=value ...]
+    overfit gallery [--scenarios DIR] [--out DIR] [--set ...]
+    overfit list [--scenarios DIR]
+    overfit validate SCENARIO.toml [...]
+    overfit options
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from overfit import scenario as scenarios
+from overfit.schema import describe
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="overfit", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run scenario files")
+    run.add_argument("files", nargs="+", type=Path)
+    gallery = sub.add_parser("gallery", help="run every scenario and write an index page")
+    gallery.add_argument("--scenarios", type=Path, default=Path("scenarios"))
+    for p in (run, gallery):
+        p.add_argument("--out", type=Path, default=Path("plots"), help="output folder")
+        p.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a field, e.g. train.epochs=10")
+    listing = sub.add_parser("list", help="list the scenario files")
+    listing.add_argument("--scenarios", type=Path, default=Path("scenarios"))
+    validate = sub.add_parser("validate", help="check scenario files without running them")
+    validate.add_argument("files", nargs="+", type=Path)
+    sub.add_parser("options", help="print every scenario option as a Markdown table")
+    return parser
+
+
+def _run(files: Sequence[Path], out: Path, overrides: Sequence[str]) -> list[Path]:
+    folders = []
+    for path in files:
+        start = time.perf_counter()
+        sc = scenarios.load(path, overrides)
+        folder = scenarios.run(sc, out)
+        print(f"{sc.name}: {time.perf_counter() - start:.1f} s -> {folder}")
+        folders.append(folder)
+    return folders
+
+
+def write_index(out: Path, folders: Sequence[Path]) -> Path:
+    """An HTML page showing every figure of every scenario folder."""
+    import json
+
+    parts = ["<!doctype html><meta charset='utf-8'><title>overfit gallery</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+             "img{max-width:100%}</style><h1>overfit scenario gallery</h1>"]
+    for folder in folders:
+        meta = json.loads((folder / "results.json").read_text())
+        sc = meta["scenario"]
+        parts.append(f"<h2>{html.escape(sc['name'])}</h2><p>{html.escape(sc['description'])}</p>")
+        parts += [f"<img src='{folder.name}/{f}' alt='{html.escape(f)}'>" for f in meta["figures"]]
+        parts.append(f"<p><a href='{folder.name}/results.csv'>results.csv</a> · "
+                     f"{meta['wall_time_s']} s on {html.escape(meta['environment']['device'])}</p>")
+    index = out / "index.html"
+    tmp = index.with_suffix(".html.part")
+    tmp.write_text("\n".join(parts))
+    tmp.replace(index)
+    return index
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            _run(args.files, args.out, args.overrides)
+        elif args.command == "gallery":
+            files = sorted(args.scenarios.glob("*.toml"))
+            if not files:
+                raise ValueError(f"no scenario files in {args.scenarios}/")
+            index = write_index(args.out, _run(files, args.out, args.overrides))
+            print(f"gallery: {index}")
+        elif args.command == "list":
+            for path in sorted(args.scenarios.glob("*.toml")):
+                sc = scenarios.load(path)
+                print(f"{path}  [{sc.kind}]  {sc.title}")
+        elif args.command == "validate":
+            for path in args.files:
+                scenarios.load(path)
+                print(f"{path}: ok")
+        else:
+            print("| key | type | default | allowed / meaning |\n|---|---|---|---|")
+            for row in describe(scenarios.Scenario):
+                print("| " + " | ".join(r.replace("|", "\\|") for r in row) + " |")
+    except (ValueError, OSError) as e:
+        print(f"overfit: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

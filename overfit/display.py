@@ -1,0 +1,235 @@
+"""Display objects for the classic curves (scikit-learn's Display pattern).
+
+Compute once, restyle many times: ``__init__`` stores data, ``plot(ax=None)``
+draws, stores its artists (``ax_``, ``figure_``, ``lines_``, ``bands_``) and
+returns ``self``; ``from_*`` constructors compute. This is the only module
+that imports matplotlib, and nothing here calls ``show()``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
+    matplotlib.use("Agg")  # headless machines (CI, the demo) have no screen
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from overfit.train import FitResult
+
+
+def _axes(ax: plt.Axes | None) -> plt.Axes:
+    return plt.subplots(figsize=(5.5, 4))[1] if ax is None else ax
+
+
+def _wide(x: np.ndarray) -> bool:
+    """scikit-learn's rule: log x when positive values span a ratio above 5."""
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    return x.size > 1 and x.min() > 0 and x.max() / x.min() > 5 and np.ptp(np.diff(x)) > 0
+
+
+class CurveDisplay:
+    """Named curves over a shared x axis, mean +/- 1 std across repeats.
+
+    Args:
+        x: abscissae, ``(n_x,)`` (epochs, degree, lambda, n_train, ...).
+        curves: name -> values ``(n_x,)`` or ``(n_x, n_repeats)``; NaN entries
+            (epochs never run) are left out of the mean and band.
+        xlabel, ylabel, title: labels.
+        best: name of the curve whose optimum is marked, or None.
+        best_mode: ``"min"`` or ``"max"``.
+        markers: extra vertical lines, label -> x position(s).
+        center: ``"mean"`` with a +/- 1 std band, or ``"median"`` with an
+            interquartile band (for heavy-tailed errors, e.g. past the
+            interpolation threshold, where a few draws dominate the mean).
+    """
+
+    def __init__(
+        self,
+        x: Sequence[float],
+        curves: Mapping[str, Any],
+        *,
+        xlabel: str = "",
+        ylabel: str = "",
+        title: str | None = None,
+        best: str | None = None,
+        best_mode: str = "min",
+        markers: Mapping[str, Any] | None = None,
+        center: str = "mean",
+    ):
+        if center not in ("mean", "median"):
+            raise ValueError(f"center={center!r}; choose 'mean' or 'median'.")
+        self.center = center
+        self.x = np.asarray(x, float)
+        self.curves = {k: np.asarray(v, float).reshape(len(self.x), -1) for k, v in curves.items()}
+        self.xlabel, self.ylabel, self.title = xlabel, ylabel, title
+        self.best, self.best_mode = best, best_mode
+        self.markers = dict(markers or {})
+
+    def mean(self, name: str) -> np.ndarray:
+        """Mean over repeats, ``(n_x,)``; NaN where no repeat has a value."""
+        values = self.curves[name]
+        count = np.sum(np.isfinite(values), axis=1)
+        total = np.nansum(values, axis=1)
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+    def std(self, name: str) -> np.ndarray:
+        """Standard deviation over repeats (ddof=0), ``(n_x,)``."""
+        values = self.curves[name]
+        centred = values - self.mean(name)[:, None]
+        count = np.sum(np.isfinite(values), axis=1)
+        return np.sqrt(np.nansum(centred**2, axis=1) / np.maximum(count, 1))
+
+    def summary(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(centre, low, high)`` of a curve, each ``(n_x,)``, NaNs ignored."""
+        values = self.curves[name]
+        if self.center == "median":
+            with np.errstate(all="ignore"):
+                low, mid, high = np.nanpercentile(values, [25, 50, 75], axis=1)
+            return mid, low, high
+        mean, std = self.mean(name), self.std(name)
+        return mean, mean - std, mean + std
+
+    def best_x(self) -> float | None:
+        """x at the optimum of the ``best`` curve's centre line, or None."""
+        if self.best is None:
+            return None
+        mean = self.summary(self.best)[0]
+        if not np.any(np.isfinite(mean)):
+            return None
+        i = np.nanargmin(mean) if self.best_mode == "min" else np.nanargmax(mean)
+        return float(self.x[i])
+
+    def plot(
+        self,
+        ax: plt.Axes | None = None,
+        *,
+        logx: bool | None = None,
+        logy: bool = False,
+        band: bool = True,
+        line_kw: Mapping[str, Any] | None = None,
+    ) -> CurveDisplay:
+        """Draw the curves; ``logx=None`` picks log scale for wide positive ranges."""
+        ax = _axes(ax)
+        self.lines_, self.bands_ = {}, {}
+        for name in self.curves:
+            mid, low, high = self.summary(name)
+            (line,) = ax.plot(self.x, mid, label=name, **dict(line_kw or {}))
+            self.lines_[name] = line
+            if band and self.curves[name].shape[1] > 1:
+                self.bands_[name] = ax.fill_between(
+                    self.x, low, high, alpha=0.25, color=line.get_color(), lw=0
+                )
+        self.best_line_ = None
+        best = self.best_x()
+        if best is not None:
+            value = np.interp(best, self.x, self.summary(self.best)[0])
+            self.best_line_ = ax.axvline(best, color="k", ls="--", lw=1,
+                                         label=f"best {self.best} at {best:g}")
+            ax.plot([best], [value], "o", color="k", ms=5)
+        for i, (label, where) in enumerate(self.markers.items()):
+            for j, xv in enumerate(np.atleast_1d(where)):
+                ax.axvline(xv, color=f"C{i + 3}", ls=":", lw=1, label=label if j == 0 else None)
+        if logx if logx is not None else _wide(self.x):
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(self.xlabel)
+        ax.set_ylabel(self.ylabel)
+        if self.title:
+            ax.set_title(self.title)
+        ax.legend(frameon=False, fontsize="small")
+        self.ax_, self.figure_ = ax, ax.figure
+        return self
+
+    @classmethod
+    def from_fit(cls, result: FitResult, *, quantity: str = "loss", **kwargs: Any) -> CurveDisplay:
+        """Train vs validation curves per epoch, members as repeats.
+
+        ``result`` may carry any leading member axes; ``quantity`` is
+        ``"loss"`` or ``"metric"``. The validation optimum is marked (minimum
+        loss or MSE, maximum accuracy): the lesson's "stop here".
+        """
+        if quantity not in ("loss", "metric"):
+            raise ValueError(f"quantity={quantity!r}; choose 'loss' or 'metric'.")
+        h = result.history
+        train, val = (h.train_loss, h.val_loss) if quantity == "loss" else (
+            h.train_metric, h.val_metric)
+        as_cols = lambda a: np.asarray(a).reshape(-1, a.shape[-1]).T  # noqa: E731
+        label = "loss" if quantity == "loss" else result.metric
+        kwargs.setdefault("xlabel", "epoch")
+        kwargs.setdefault("ylabel", label)
+        kwargs.setdefault("best", "validation")
+        kwargs.setdefault("best_mode", "max" if label == "accuracy" else "min")
+        return cls(np.asarray(result.epochs), {"train": as_cols(train), "validation": as_cols(val)},
+                   **kwargs)
+
+
+class FitDisplay:
+    """Training / validation points with fitted curves over a 1-D input grid.
+
+    Args:
+        x_train, y_train, x_val, y_val: the points, ``(n,)`` each.
+        grid: input grid ``(n_grid,)``; curves: name -> predictions ``(n_grid,)``.
+        truth: optional noiseless function on the grid, ``(n_grid,)``.
+    """
+
+    def __init__(self, x_train, y_train, x_val, y_val, grid, curves: Mapping[str, Any], *,
+                 truth=None, title: str | None = None):
+        self.x_train, self.y_train = np.ravel(x_train), np.ravel(y_train)
+        self.x_val, self.y_val = np.ravel(x_val), np.ravel(y_val)
+        self.grid = np.ravel(grid)
+        self.curves = {k: np.ravel(v) for k, v in curves.items()}
+        self.truth = None if truth is None else np.ravel(truth)
+        self.title = title
+
+    def plot(self, ax: plt.Axes | None = None, *, ylim: tuple[float, float] | None = None
+             ) -> FitDisplay:
+        """Draw points, curves and truth; clip the y range to the data's neighbourhood."""
+        ax = _axes(ax)
+        self.lines_ = {}
+        if self.truth is not None:
+            self.lines_["truth"] = ax.plot(self.grid, self.truth, color="0.6", ls="--",
+                                           label="truth")[0]
+        for name, values in self.curves.items():
+            self.lines_[name] = ax.plot(self.grid, values, label=name)[0]
+        self.train_points_ = ax.scatter(self.x_train, self.y_train, color="k", zorder=3,
+                                        label="train")
+        self.val_points_ = ax.scatter(self.x_val, self.y_val, facecolor="none", edgecolor="C3",
+                                      zorder=3, s=50, label="validation")
+        if ylim is None:
+            ys = np.concatenate([self.y_train, self.y_val])
+            pad = 0.6 * max(np.ptp(ys), 1e-9)
+            ylim = (ys.min() - pad, ys.max() + pad)
+        ax.set_ylim(*ylim)
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+        if self.title:
+            ax.set_title(self.title)
+        ax.legend(frameon=False, fontsize="small")
+        self.ax_, self.figure_ = ax, ax.figure
+        return self
+
+
+def save_figure(figure: plt.Figure, path: str | os.PathLike) -> None:
+    """Write a PNG atomically (temporary file, then rename) and close the figure."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            figure.savefig(f, format="png", dpi=110, bbox_inches="tight")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        plt.close(figure)

@@ -1,0 +1,295 @@
+"""Models of varying capacity as pure ``(init, apply)`` pairs over pytrees.
+
+A :class:`Model` is written for ONE model; ensembles come from ``jax.vmap``.
+Capacity (polynomial degree, number of random features, hidden width) and the
+drop rate live in the model's ``state``: per-member values up to a maximum fixed
+at construction. Units above the live capacity are masked to zero, so a whole
+capacity sweep shares one shape and compiles once. ``params`` holds only what
+training updates; ``state`` holds what it never touches (capacity, masks'
+sources, random feature weights).
+
+Output shapes: ``(n,)`` when ``n_out == 1`` (regression or a binary logit),
+otherwise ``(n, n_out)`` logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from overfit._checks import check_choice, check_int, check_range
+
+Params = Any
+State = dict[str, Array]
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "gelu": jax.nn.gelu,
+    "linear": lambda z: z,
+}
+
+
+class Model(NamedTuple):
+    """A model: pure functions over ``(params, state)`` pytrees.
+
+    Attributes:
+        init: ``init(key, **hparams) -> (params, state)``; ``hparams`` override
+            the constructor's defaults for one member (e.g. ``degree=3``) and
+            may be traced, so ``jax.vmap(model.init)`` builds a capacity sweep.
+        apply: ``apply(params, state, x, *, key=None, train=False) -> out`` for
+            ``x`` of shape ``(n, d)``. ``key`` is required when ``train`` and
+            the model is stochastic (dropout).
+        n_params: ``n_params(state) -> int`` live parameter count.
+        features: for models linear in their parameters,
+            ``features(state, x) -> (n, P)`` with ``apply = features @ coef``;
+            None otherwise. Closed-form solvers use it.
+        capacity: name of the capacity knob in ``init``/``state`` (or None).
+        n_out: number of outputs.
+        hparams: names of every keyword ``init`` accepts (capacity included).
+    """
+
+    init: Callable[..., tuple[Params, State]]
+    apply: Callable[..., Array]
+    n_params: Callable[[State], Array]
+    features: Callable[[State, Array], Array] | None
+    capacity: str | None
+    n_out: int
+    hparams: tuple[str, ...] = ()
+
+
+def _squeeze(out: Array, n_out: int) -> Array:
+    return out[..., 0] if n_out == 1 else out
+
+
+def _linear_in_params(
+    features: Callable[[State, Array], Array],
+    make_state: Callable[..., State],
+    width: int,
+    count: Callable[[State], Array],
+    capacity: str | None,
+    n_out: int,
+) -> Model:
+    """A model ``x -> features(state, x) @ coef`` with zero-initialised ``coef``."""
+
+    def init(key: Array, **hparams: Any) -> tuple[Params, State]:
+        coef = jnp.zeros((width,) if n_out == 1 else (width, n_out))
+        return {"coef": coef}, make_state(key, **hparams)
+
+    def apply(params: Params, state: State, x: Array, *, key=None, train=False) -> Array:
+        del key, train  # deterministic
+        return features(state, x) @ params["coef"]
+
+    def n_params(state: State) -> Array:
+        return count(state) * n_out
+
+    return Model(init, apply, n_params, features, capacity, n_out, (capacity,) if capacity else ())
+
+
+def legendre(t: Array, degree: int) -> Array:
+    """Orthonormal Legendre basis on [-1, 1].
+
+    Args:
+        t: points, ``(n,)``, ideally in [-1, 1].
+        degree: highest degree (static).
+
+    Returns:
+        ``(n, degree + 1)``: column k is ``sqrt(2k + 1) P_k(t)``, so every
+        column has unit mean square under the uniform measure on [-1, 1] and
+        the design stays well conditioned far beyond degree 30.
+    """
+    cols = [jnp.ones_like(t), t]
+    for k in range(1, degree):  # Bonnet's recurrence, stable on [-1, 1]
+        cols.append(((2 * k + 1) * t * cols[k] - k * cols[k - 1]) / (k + 1))
+    basis = jnp.stack(cols[: degree + 1], axis=-1)
+    return basis * jnp.sqrt(2.0 * jnp.arange(degree + 1) + 1.0)
+
+
+def polynomial(max_degree: int, *, domain: tuple[float, float] = (0.0, 1.0)) -> Model:
+    """Polynomial regression of degree up to ``max_degree`` in 1-D.
+
+    Uses the orthonormal Legendre basis on ``domain`` rescaled to [-1, 1]
+    instead of raw powers (whose Vandermonde matrix is singular to working
+    precision by degree ~15 on [0, 1]). Coefficients above the live ``degree``
+    are masked. ``init(key, degree=max_degree)``.
+    """
+    max_degree = check_int("max_degree", max_degree, lo=0)
+    lo, hi = (float(v) for v in domain)
+    if not lo < hi:
+        raise ValueError(f"domain={domain!r} must satisfy lo < hi.")
+
+    def make_state(key: Array, degree: Any = max_degree) -> State:
+        del key
+        check_range("degree", degree, lo=0, hi=max_degree)
+        return {"degree": jnp.asarray(degree, jnp.int32)}
+
+    def features(state: State, x: Array) -> Array:
+        t = (2.0 * x[:, 0] - (lo + hi)) / (hi - lo)
+        mask = jnp.arange(max_degree + 1) <= state["degree"]
+        return legendre(t, max_degree) * mask
+
+    return _linear_in_params(
+        features, make_state, max_degree + 1, lambda s: s["degree"] + 1, "degree", 1
+    )
+
+
+def random_features(
+    max_features: int,
+    *,
+    n_in: int = 1,
+    kind: str = "fourier",
+    scale: float = 1.0,
+) -> Model:
+    """Random-features regression (Rahimi & Recht; Belkin et al. 2019).
+
+    Fourier: ``sqrt(2/N) cos(x W + b)`` with ``W ~ N(0, scale^2 / n_in)``,
+    ``b ~ U[0, 2 pi)``. ReLU: ``sqrt(2/N) relu(x W + b)`` with
+    ``W ~ N(0, 1/n_in)``, ``b ~ N(0, scale^2)``. The features are drawn from
+    the init key and kept in ``state``; only the ``max_features`` output
+    coefficients are trained. Features at index >= the live ``n_features`` are
+    masked. ``init(key, n_features=max_features)``.
+    """
+    max_features = check_int("max_features", max_features, lo=1)
+    n_in = check_int("n_in", n_in, lo=1)
+    check_choice("kind", kind, ("fourier", "relu"))
+    check_range("scale", scale, lo=0.0, lo_open=True)
+
+    def make_state(key: Array, n_features: Any = max_features) -> State:
+        check_range("n_features", n_features, lo=1, hi=max_features)
+        kw, kb = jax.random.split(key)
+        w = jax.random.normal(kw, (n_in, max_features)) / jnp.sqrt(n_in)
+        if kind == "fourier":
+            w, b = w * scale, jax.random.uniform(kb, (max_features,), maxval=2 * jnp.pi)
+        else:
+            b = scale * jax.random.normal(kb, (max_features,))
+        return {"n_features": jnp.asarray(n_features, jnp.int32), "w": w, "b": b}
+
+    def features(state: State, x: Array) -> Array:
+        z = x @ state["w"] + state["b"]
+        phi = jnp.cos(z) if kind == "fourier" else jax.nn.relu(z)
+        live = jnp.arange(max_features) < state["n_features"]
+        return phi * live * jnp.sqrt(2.0 / state["n_features"])
+
+    return _linear_in_params(
+        features, make_state, max_features, lambda s: s["n_features"], "n_features", 1
+    )
+
+
+def linear(n_in: int, *, n_out: int = 1, bias: bool = True) -> Model:
+    """Linear / logistic / softmax regression: ``x @ W + b``.
+
+    The same model serves all three; the loss decides (``"mse"``, ``"bce"`` with
+    ``n_out=1``, ``"ce"`` with ``n_out = n_classes``). ``bias=False`` gives the
+    isotropic linear model of the double-descent theory.
+    """
+    n_in = check_int("n_in", n_in, lo=1)
+    n_out = check_int("n_out", n_out, lo=1)
+
+    def make_state(key: Array) -> State:
+        del key
+        return {}
+
+    def features(state: State, x: Array) -> Array:
+        del state
+        return jnp.concatenate([x, jnp.ones_like(x[:, :1])], axis=1) if bias else x
+
+    width = n_in + int(bias)
+    return _linear_in_params(features, make_state, width, lambda s: jnp.asarray(width), None, n_out)
+
+
+def mlp(
+    n_in: int,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    n_out: int = 1,
+    activation: str = "tanh",
+    drop_rate: float = 0.0,
+    input_drop_rate: float = 0.0,
+) -> Model:
+    """Fully connected network with masked width and inverted dropout.
+
+    ``init(key, width=max(hidden), drop_rate=..., input_drop_rate=...)``: every
+    hidden layer keeps its first ``min(width, hidden[i])`` units; weights are
+    drawn ``N(0, g^2 / live_fan_in)`` (g = sqrt(2) for ReLU, 1 otherwise) so a
+    masked network starts like an unmasked one of the live width. Dropout is
+    inverted (kept units scaled by ``1 / (1 - q)``), ``drop_rate`` q is the
+    probability of DROPPING a unit (stax's ``rate`` is the keep probability),
+    active only when ``train=True`` and then requires ``key``. Dropout is
+    compiled in when the constructor's ``drop_rate`` or ``input_drop_rate`` is
+    positive: to sweep rates including 0 per member, construct with a positive
+    default and pass ``drop_rate`` to ``init``.
+    """
+    n_in = check_int("n_in", n_in, lo=1)
+    n_out = check_int("n_out", n_out, lo=1)
+    hidden = tuple(check_int(f"hidden[{i}]", h, lo=1) for i, h in enumerate(hidden))
+    act = ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]
+    gain = jnp.sqrt(2.0) if activation == "relu" else 1.0
+    check_range("drop_rate", drop_rate, lo=0.0, hi=1.0, hi_open=True)
+    check_range("input_drop_rate", input_drop_rate, lo=0.0, hi=1.0, hi_open=True)
+    # dropout masks cost as much as the matmuls on a CPU: compile them in only
+    # when the constructor asks for dropout (per-member rates may then be 0)
+    stochastic = drop_rate > 0 or input_drop_rate > 0
+    sizes = (n_in, *hidden, n_out)
+    max_width = max(hidden, default=0)
+
+    def live_sizes(width: Array) -> list[Array]:
+        return [jnp.asarray(n_in), *(jnp.minimum(h, width) for h in hidden), jnp.asarray(n_out)]
+
+    def init(
+        key: Array,
+        width: Any = max_width,
+        drop_rate: Any = drop_rate,
+        input_drop_rate: Any = input_drop_rate,
+    ) -> tuple[Params, State]:
+        check_range("width", width, lo=1, hi=max(max_width, 1))
+        check_range("drop_rate", drop_rate, lo=0.0, hi=1.0, hi_open=True)
+        check_range("input_drop_rate", input_drop_rate, lo=0.0, hi=1.0, hi_open=True)
+        live = live_sizes(jnp.asarray(width))
+        params = []
+        for k, (m, n), fan_in in zip(
+            jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:]), live[:-1]
+        ):
+            w = jax.random.normal(k, (m, n)) * gain / jnp.sqrt(fan_in)
+            params.append({"w": w, "b": jnp.zeros(n)})
+        state = {
+            "width": jnp.asarray(width, jnp.int32),
+            "drop_rate": jnp.asarray(drop_rate, jnp.float32),
+            "input_drop_rate": jnp.asarray(input_drop_rate, jnp.float32),
+        }
+        return params, state
+
+    def apply(params: Params, state: State, x: Array, *, key=None, train=False) -> Array:
+        if train and key is None:
+            raise ValueError("key is required when train=True (dropout draws a mask).")
+        drop = train and stochastic
+        keys = jax.random.split(key, len(hidden) + 1) if drop else [None] * (len(hidden) + 1)
+        h = dropout(x, state["input_drop_rate"], key=keys[0]) if drop else x
+        for i, layer in enumerate(params[:-1]):
+            live = jnp.arange(hidden[i]) < state["width"]
+            h = act(h @ layer["w"] + layer["b"]) * live
+            if drop:
+                h = dropout(h, state["drop_rate"], key=keys[i + 1])
+        return _squeeze(h @ params[-1]["w"] + params[-1]["b"], n_out)
+
+    def n_params(state: State) -> Array:
+        live = live_sizes(state["width"])
+        return sum(m * n + n for m, n in zip(live[:-1], live[1:]))
+
+    knobs = ("width", "drop_rate", "input_drop_rate")
+    return Model(init, apply, n_params, None, "width" if hidden else None, n_out, knobs)
+
+
+def dropout(x: Array, drop_rate: Array | float, *, key: Array) -> Array:
+    """Inverted dropout: zero each entry with probability ``drop_rate``, scale the rest.
+
+    ``E[dropout(x)] = x`` and ``Var = x^2 q / (1 - q)``; ``drop_rate = 0`` is the
+    identity. ``drop_rate`` may be traced (a vmapped axis).
+    """
+    keep = 1.0 - drop_rate
+    mask = jax.random.uniform(key, x.shape) < keep
+    return jnp.where(mask, x / keep, 0.0)

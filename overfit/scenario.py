@@ -1,0 +1,217 @@
+"""Scenario files: TOML -> validated frozen dataclasses -> ``run(scenario, out_dir)``.
+
+A scenario names its data, model, training and sweep; its ``kind`` picks the
+experiment (``overfit.experiments.EXPERIMENTS``) that turns it into a results
+table and figures. ``run`` writes them under ``out_dir/<name>/`` atomically:
+everything goes to a ``.partial`` folder first, which replaces the old results
+only once complete, so an interrupted run never leaves a table that looks done.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from overfit import data as datasets
+from overfit.schema import build, knob
+
+KINDS = ("five_points", "capacity_curve", "training_curves")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how noisy it is."""
+
+    source: str = knob("regression", "generator or data set",
+                       choices=("regression", "classification", "preset", "real"))
+    target: str = knob("cos", "regression truth f(x)", choices=tuple(datasets.TARGETS))
+    shape: str = knob("circle", "classification shape", choices=tuple(datasets.SHAPES))
+    name: str = knob("digits", "real data set (source='real')", choices=datasets.REAL_DATASETS)
+    n_train: int = knob(30, "training points", lo=1)
+    n_val: int = knob(30, "validation points", lo=0)
+    n_test: int = knob(500, "test points", lo=0)
+    noise: float = knob(0.1, "regression noise std / playground input noise", lo=0.0)
+    flip: float = knob(0.0, "label-flip probability (classification)", lo=0.0, hi=1.0,
+                       hi_open=True)
+    x_dist: str = knob("uniform", "input distribution (regression)", choices=datasets.X_DISTS)
+    domain: list[float] = knob([0.0, 1.0], "input range [lo, hi] (regression)")
+    flip_y: float = knob(0.05, "label noise of the lesson's preset (scikit-learn's flip_y)",
+                         lo=0.0, hi=1.0, hi_open=True)
+    label_noise: float = knob(0.0, "label noise injected into a real data set", lo=0.0,
+                              hi=1.0, hi_open=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which model family and its largest capacity."""
+
+    kind: str = knob("polynomial", "model family",
+                     choices=("polynomial", "random_features", "linear", "mlp"))
+    max_degree: int = knob(15, "largest polynomial degree", lo=0)
+    max_features: int = knob(100, "largest number of random features", lo=1)
+    features: str = knob("fourier", "random-feature kind", choices=("fourier", "relu"))
+    hidden: list[int] = knob([64, 64], "MLP hidden widths", lo=1)
+    activation: str = knob("tanh", "MLP activation", choices=("tanh", "relu", "sigmoid", "gelu"))
+    drop_rate: float = knob(0.0, "MLP dropout probability", lo=0.0, hi=1.0, hi_open=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How models are fitted."""
+
+    method: str = knob("gradient", "closed-form solve or gradient training",
+                       choices=("closed_form", "gradient"))
+    ridge: float = knob(0.0, "L2 strength lambda of the closed-form solve", lo=0.0)
+    optimizer: str = knob("adam", "optax optimizer", choices=("adam", "sgd", "adamw"))
+    learning_rate: float = knob(0.01, "step size", lo=0.0)
+    epochs: int = knob(100, "training epochs", lo=1)
+    batch_size: int = knob(0, "minibatch size (0 = full batch)", lo=0)
+    eval_every: int = knob(1, "epochs between history entries", lo=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """The grid: capacities x repeats (data draws / initialisations)."""
+
+    capacity: list[int] = knob([], "capacities to sweep (degree, features or width)", lo=0)
+    seeds: int = knob(10, "repeats per grid point", lo=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """A whole scenario file."""
+
+    name: str = knob("scenario", "output folder name: letters, digits, '_' and '-'")
+    kind: str = knob("capacity_curve", "experiment to run", choices=KINDS)
+    title: str = knob("", "figure title")
+    description: str = knob("", "what the scenario shows")
+    seed: int = knob(0, "master PRNG seed", lo=0)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig,
+                                         metadata=dict(doc="data section"))
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig,
+                                           metadata=dict(doc="model section"))
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig,
+                                           metadata=dict(doc="training section"))
+    sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig,
+                                           metadata=dict(doc="sweep section"))
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def from_dict(table: Mapping[str, Any]) -> Scenario:
+    """Validate a parsed TOML table; errors name the field and the allowed values."""
+    scenario = build(Scenario, table, "")
+    if not _NAME.fullmatch(scenario.name):
+        raise ValueError(f"name={scenario.name!r} must be letters, digits, '_' or '-' "
+                         "(it names the output folder).")
+    domain = scenario.data.domain
+    if len(domain) != 2 or not domain[0] < domain[1]:
+        raise ValueError(f"data.domain={scenario.data.domain!r} must be [lo, hi] with lo < hi.")
+    return scenario
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word such as sin is a string
+
+
+def apply_overrides(table: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as TOML) to a raw table."""
+    table = json.loads(json.dumps(table))  # deep copy of plain TOML data
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--set {item!r} must look like section.key=value.")
+        *parents, leaf = path.strip().split(".")
+        node = table
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {part!r} is not a section.")
+        node[leaf] = _parse_value(text.strip())
+    return table
+
+
+def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Scenario:
+    """Read, override and validate a scenario file."""
+    with open(path, "rb") as f:
+        try:
+            table = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML: {e}") from None
+    return from_dict(apply_overrides(table, overrides))
+
+
+def environment() -> dict[str, Any]:
+    """Package versions, device and precision: what a result depends on."""
+    versions = {}
+    for pkg in ("overfit", "jax", "jaxlib", "optax", "numpy", "scikit-learn", "matplotlib"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    device = jax.devices()[0]
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
+        "n_devices": jax.device_count(),
+        "x64": bool(jax.config.jax_enable_x64),
+    }
+
+
+def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def run(scenario: Scenario, out_dir: str | os.PathLike) -> Path:
+    """Run ``scenario`` and write ``out_dir/<name>/``: figures, results.csv, results.json.
+
+    Returns the folder. Files appear only once the whole scenario has finished.
+    """
+    from overfit.display import save_figure
+    from overfit.experiments import EXPERIMENTS
+
+    out_dir = Path(out_dir)
+    final = out_dir / scenario.name
+    partial = out_dir / f".{scenario.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    start = time.perf_counter()
+    rows, figures = EXPERIMENTS[scenario.kind](scenario)
+    for fname, figure in figures.items():
+        save_figure(figure, partial / f"{fname}.png")
+    (partial / "results.csv").write_text(_csv(rows))
+    meta = {"scenario": dataclasses.asdict(scenario), "environment": environment(),
+            "wall_time_s": round(time.perf_counter() - start, 3),
+            "figures": sorted(f"{f}.png" for f in figures)}
+    (partial / "results.json").write_text(json.dumps(meta, indent=2))
+    old = out_dir / f".{scenario.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    partial.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final

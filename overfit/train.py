@@ -1,0 +1,403 @@
+"""The fused training loop: one jitted ``while_loop`` over epochs, vmapped over models.
+
+Two levels of API sit on the same code, as in the lesson:
+
+* low level: :func:`objective` gives a plain differentiable loss
+  ``(params, state, x, y, key) -> scalar`` to use with ``jax.grad`` and optax;
+* high level: :func:`fit` trains one model, or a leading "models" axis of them
+  (seeds x data draws x hyperparameters) in one compiled call.
+
+Per-member early stopping lives in the loop carry: a stopped member's
+parameters stop changing, and the loop ends once every member has stopped
+(``vmap`` of ``while_loop`` runs until all members' conditions are false).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import Array
+
+from overfit._checks import check_choice, check_int, check_range
+from overfit.data import Dataset
+from overfit.early_stopping import EarlyStopping, StopState, never
+from overfit.models import Model, Params, State
+
+Loss = Callable[[Array, Array], Array]
+Transform = optax.GradientTransformation
+Optimizer = Transform | Callable[[Mapping[str, Array]], Transform]
+TRAIN_HPARAMS = ("input_noise",)  # knobs the training step itself reads from ``hparams``
+
+
+def _half_squared(out: Array, y: Array) -> Array:
+    # the 1/2 makes the gradient the residual, so GD with an L2 transform of
+    # strength lambda converges to the ridge solution with the same lambda
+    return 0.5 * (out - y) ** 2
+
+
+LOSSES: dict[str, Loss] = {
+    "mse": _half_squared,
+    "bce": lambda out, y: optax.sigmoid_binary_cross_entropy(out, y.astype(out.dtype)),
+    "ce": optax.softmax_cross_entropy_with_integer_labels,
+}
+
+
+class History(NamedTuple):
+    """Curves, each ``(..., epochs // eval_every)``; entries never run are NaN.
+
+    ``*_loss`` is the training objective without penalties (``"mse"`` is half
+    the mean squared error); ``*_metric`` is the accuracy for classification
+    and the plain mean squared error for regression.
+    """
+
+    train_loss: Array
+    val_loss: Array
+    train_metric: Array
+    val_metric: Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` returns; every leaf has the leading models axes.
+
+    Attributes:
+        params, state: the trained model (the best epoch's parameters when an
+            early-stopping rule with ``restore_best`` was given).
+        history: per-epoch curves.
+        best_epoch: epoch of the returned parameters (0-based).
+        stop_epoch: last epoch trained (0-based).
+        test_loss, test_metric: loss and metric of the returned parameters on
+            the test split.
+        metric: ``"accuracy"`` or ``"mse"`` (static).
+        eval_every: epochs between history entries (static).
+    """
+
+    params: Params
+    state: State
+    history: History
+    best_epoch: Array
+    stop_epoch: Array
+    test_loss: Array
+    test_metric: Array
+    metric: str = dataclasses.field(metadata=dict(static=True))
+    eval_every: int = dataclasses.field(default=1, metadata=dict(static=True))
+
+    @property
+    def epochs(self) -> Array:
+        """Epochs trained (1-based) at each history entry, ``(n_checks,)``."""
+        n = self.history.train_loss.shape[-1]
+        return (jnp.arange(n) + 1) * self.eval_every
+
+
+def default_loss(model: Model, data: Dataset) -> str:
+    """``"mse"`` for regression, ``"bce"`` for a one-logit classifier, else ``"ce"``."""
+    if data.task == "regression":
+        return "mse"
+    return "bce" if model.n_out == 1 else "ce"
+
+
+def _check_task(model: Model, data: Dataset, loss: str | Loss) -> None:
+    if not isinstance(loss, str):
+        return
+    check_choice("loss", loss, LOSSES)
+    if loss in ("bce", "ce") and data.task != "classification":
+        raise ValueError(f"loss={loss!r} needs classification data (integer labels); "
+                         f"the data set is {data.task!r}: use loss='mse'.")
+    if loss == "bce" and (model.n_out != 1 or data.n_classes != 2):
+        raise ValueError(f"loss='bce' needs a one-output model and 2 classes; got n_out="
+                         f"{model.n_out}, n_classes={data.n_classes}: use loss='ce'.")
+    if loss == "ce" and model.n_out != data.n_classes:
+        raise ValueError(f"loss='ce' needs n_out == n_classes; got n_out={model.n_out}, "
+                         f"n_classes={data.n_classes}.")
+
+
+def objective(model: Model, loss: str | Loss = "mse") -> Callable[..., Array]:
+    """The low-level training objective of one model on one batch.
+
+    Returns:
+        ``f(params, state, x, y, key=None, weight=None) -> scalar``: the mean
+        (optionally ``weight``-ed) per-example loss, with dropout active when a
+        ``key`` is given. Differentiate it with ``jax.grad``.
+    """
+    per_example = LOSSES[loss] if isinstance(loss, str) else loss
+
+    def f(params, state, x, y, key=None, weight=None):
+        out = model.apply(params, state, x, key=key, train=key is not None)
+        values = per_example(out, y)
+        if weight is None:
+            return jnp.mean(values)
+        return jnp.sum(weight * values) / jnp.sum(weight)
+
+    return f
+
+
+def evaluate(model: Model, params: Params, state: State, x: Array, y: Array,
+             *, loss: str | Loss = "mse", task: str = "regression") -> tuple[Array, Array]:
+    """``(loss, metric)`` of one model on ``(x, y)`` in evaluation mode.
+
+    The metric is the accuracy for classification, the mean squared error for
+    regression. An empty split gives NaN.
+    """
+    out = model.apply(params, state, x)
+    value = objective(model, loss)(params, state, x, y) if y.shape[0] else jnp.nan
+    if task == "classification":
+        pred = out > 0 if out.ndim == 1 else jnp.argmax(out, axis=-1)
+        metric = jnp.mean(pred == y)
+    else:
+        metric = jnp.mean((out - y) ** 2)
+    return value, metric
+
+
+class _Member(NamedTuple):
+    """One member's training state between epochs."""
+
+    params: Params
+    opt_state: Any
+    best_params: Params
+    stop: StopState
+
+
+def _batches(key: Array, n: int, batch_size: int) -> tuple[Array, Array]:
+    """Index and weight arrays ``(n_batches, batch_size)`` of a reshuffled epoch.
+
+    The last batch is padded with weight-0 entries, so every sample is seen once
+    per epoch and shapes stay static.
+    """
+    n_batches = -(-n // batch_size)
+    perm = jax.random.permutation(key, n)
+    pad = n_batches * batch_size - n
+    idx = jnp.concatenate([perm, perm[:pad]]).reshape(n_batches, batch_size)
+    weight = (jnp.arange(n_batches * batch_size) < n).reshape(n_batches, batch_size)
+    return idx, weight.astype(jnp.float32)
+
+
+class _Trainer(NamedTuple):
+    """The per-member pieces of the loop, each written for ONE model."""
+
+    config: _Config
+
+    def optimizer(self, hparams: Mapping[str, Array]) -> Transform:
+        opt = self.config.optimizer
+        return opt if isinstance(opt, Transform) else opt(hparams)
+
+    def init(self, key: Array, hparams: Mapping[str, Array]) -> tuple[_Member, State]:
+        model = self.config.model
+        params, state = model.init(key, **{k: v for k, v in hparams.items() if k in model.hparams})
+        opt_state = self.optimizer(hparams).init(params)
+        return _Member(params, opt_state, params, self.config.stopper.init()), state
+
+    def step(self, params, opt_state, state, key, x, y, weight, hparams):
+        k_drop, k_noise = jax.random.split(key)
+        if "input_noise" in hparams:
+            x = x + hparams["input_noise"] * jax.random.normal(k_noise, x.shape)
+        grads = jax.grad(objective(self.config.model, self.config.loss))(
+            params, state, x, y, k_drop, weight)
+        updates, opt_state = self.optimizer(hparams).update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    def train_epoch(self, params, opt_state, state, key, data: Dataset, hparams):
+        n, batch_size = data.x_train.shape[0], self.config.batch_size
+        if batch_size is None or batch_size >= n:
+            return self.step(params, opt_state, state, key, data.x_train, data.y_train,
+                             None, hparams)
+        k_perm, k_steps = jax.random.split(key)
+        idx, weight = _batches(k_perm, n, batch_size)
+
+        def body(carry, xs):
+            k, i, w = xs
+            return self.step(*carry, state, k, data.x_train[i], data.y_train[i], w, hparams), None
+
+        keys = jax.random.split(k_steps, idx.shape[0])
+        return jax.lax.scan(body, (params, opt_state), (keys, idx, weight))[0]
+
+    def measure(self, params, state, x, y, task) -> tuple[Array, Array]:
+        return evaluate(self.config.model, params, state, x, y, loss=self.config.loss, task=task)
+
+    def epoch(self, member: _Member, state: State, check: Array, key: Array, data: Dataset,
+              hparams: Mapping[str, Array]) -> tuple[_Member, tuple[Array, ...]]:
+        """``eval_every`` epochs of one member, then one check of the stopping rule.
+
+        A stopped member is left exactly as it was; ``check`` counts evaluations.
+        """
+        stopper, every = self.config.stopper, self.config.eval_every
+
+        def one(e, carry):
+            key_e = jax.random.fold_in(key, check * every + e)
+            return self.train_epoch(*carry, state, key_e, data, hparams)
+
+        params, opt_state = jax.lax.fori_loop(0, every, one, (member.params, member.opt_state))
+        tr = self.measure(params, state, data.x_train, data.y_train, data.task)
+        va = self.measure(params, state, data.x_val, data.y_val, data.task)
+        values = (tr[0], va[0], tr[1], va[1])
+        stop = stopper.update(member.stop, check, _monitored(stopper.monitor, values),
+                              _monitored(stopper.monitor.replace("val_", "train_"), values))
+        best = member.best_params
+        if stopper.restore_best:
+            best = _select(stop.best_epoch == check, params, best)
+        done = member.stop.stopped
+        new = _Member(params, opt_state, best, stop)
+        return _select(done, member, new), tuple(jnp.where(done, jnp.nan, v) for v in values)
+
+    def finish(self, member: _Member, state: State, last: Array, data: Dataset) -> tuple:
+        """Pick the returned parameters; convert check counts to 0-based epochs."""
+        stopper, every = self.config.stopper, self.config.eval_every
+        if stopper.restore_best:
+            params, best = member.best_params, member.stop.best_epoch
+        else:
+            params, best = member.params, last
+        stop = jnp.where(member.stop.stopped, member.stop.stop_epoch, last)
+        return (params, (best + 1) * every - 1, (stop + 1) * every - 1,
+                *self.measure(params, state, data.x_test, data.y_test, data.task))
+
+
+def _select(pred: Array, on_true: Any, on_false: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _monitored(monitor: str, values: tuple[Array, Array, Array, Array]) -> Array:
+    """Pick ``monitor`` (e.g. ``"val_accuracy"``) from (train/val loss, train/val metric)."""
+    split, _, kind = monitor.partition("_")
+    return values[{"train": 0, "val": 1}[split] + (0 if kind == "loss" else 2)]
+
+
+def _is_key_batch(key: Array) -> bool:
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim == 1
+    return key.ndim == 2  # raw uint32 keys: (2,) one, (M, 2) many
+
+
+def fit(
+    model: Model,
+    data: Dataset,
+    *,
+    key: Array,
+    optimizer: Optimizer | None = None,
+    loss: str | Loss | None = None,
+    epochs: int = 100,
+    batch_size: int | None = None,
+    hparams: Mapping[str, Any] | None = None,
+    early_stopping: EarlyStopping | None = None,
+    eval_every: int = 1,
+) -> FitResult:
+    """Train one model, or many in one compiled call.
+
+    A single key trains one model. A batch of ``M`` keys, shape ``(M,)``
+    (``jax.random.split(key, M)``), trains ``M`` members at once; then any of
+    ``data`` (leaves with a leading ``M`` axis: ``data.x_train`` is
+    ``(M, n, d)``) and ``hparams`` (leaves of shape ``(M,)``) may be per member,
+    and whatever has no leading axis is shared.
+
+    Args:
+        model: from :mod:`overfit.models`.
+        data: a :class:`~overfit.data.Dataset`.
+        key: PRNG key(s): initialisation, shuffling, dropout and input noise.
+        optimizer: an optax transformation, or a function of the member's
+            ``hparams`` returning one (to sweep a learning rate or penalty
+            under vmap). Default ``optax.adam(1e-2)``.
+        loss: ``"mse"``, ``"bce"``, ``"ce"`` or ``f(out, y) -> per-example``;
+            default from the task (:func:`default_loss`).
+        epochs: training budget; one epoch is one pass over the training split.
+        batch_size: minibatch size with per-epoch reshuffling; None = full batch.
+        hparams: per-member knobs: model ones (``model.hparams``, e.g.
+            ``degree``, ``width``, ``drop_rate``) go to ``model.init``;
+            ``input_noise`` is the std of Gaussian noise added to the training
+            inputs at every step; the whole mapping goes to a callable
+            ``optimizer``.
+        early_stopping: a rule from :mod:`overfit.early_stopping`, or None.
+            It is checked at every evaluation, so ``patience`` counts evaluations.
+        eval_every: epochs between evaluations of the train / validation loss
+            and metric (each costs about half a training step); must divide
+            ``epochs``.
+
+    Returns:
+        A :class:`FitResult`; with ``M`` members every leaf has a leading ``M``
+        axis and ``history`` curves are ``(M, epochs)``.
+    """
+    epochs = check_int("epochs", epochs, lo=1)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, lo=1)
+    eval_every = check_int("eval_every", eval_every, lo=1)
+    if epochs % eval_every:
+        raise ValueError(f"eval_every={eval_every} must divide epochs={epochs}.")
+    loss = default_loss(model, data) if loss is None else loss
+    _check_task(model, data, loss)
+    hparams = dict(hparams or {})
+    check_range("input_noise", hparams.get("input_noise", 0.0), lo=0.0)
+    optimizer = optax.adam(1e-2) if optimizer is None else optimizer
+    if isinstance(optimizer, Transform):
+        unknown = sorted(set(hparams) - set(model.hparams) - set(TRAIN_HPARAMS))
+        if unknown:
+            raise ValueError(f"hparams {unknown} are not knobs of this model "
+                             f"(allowed: {list(model.hparams + TRAIN_HPARAMS)}) "
+                             "and the optimizer takes none.")
+    stopper = never() if early_stopping is None else early_stopping
+    if stopper.monitor.endswith(("accuracy", "mse")):
+        metric = "accuracy" if data.task == "classification" else "mse"
+        if not stopper.monitor.endswith(metric):
+            raise ValueError(f"early_stopping monitor={stopper.monitor!r} does not fit "
+                             f"{data.task} data, whose metric is {metric!r}.")
+    if _is_key_batch(key):
+        axes = (0 if data.x_train.ndim == 3 else None,
+                tuple((k, 0 if jnp.ndim(v) >= 1 else None) for k, v in sorted(hparams.items())))
+    else:
+        axes = None
+    config = _Config(model, loss, optimizer, epochs, batch_size, stopper, eval_every, axes)
+    return _fit(key, data, hparams, config=config)
+
+
+class _Config(NamedTuple):
+    """Everything static about a fit: the jit cache key (functions hash by identity)."""
+
+    model: Model
+    loss: str | Loss
+    optimizer: Optimizer
+    epochs: int
+    batch_size: int | None
+    stopper: EarlyStopping
+    eval_every: int
+    axes: tuple | None  # vmap axes of (data, hparams items); None trains one model
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _fit(key: Array, data: Dataset, hparams: Mapping[str, Any], *, config: _Config) -> FitResult:
+    # The epoch loop runs OUTSIDE the vmap: vmap of a while_loop would select
+    # every carried buffer (history included) for every member at every epoch;
+    # here only a stopped member's parameters are masked, and the loop ends as
+    # soon as every member has stopped.
+    trainer = _Trainer(config)
+    single = config.axes is None
+    data_axis, hp_axes = (None, ()) if single else config.axes
+    hp_axes = {k: 0 if single else a for k, a in hp_axes} or {k: None for k in hparams}
+    keys = key[None] if single else key
+    k_init, k_train = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+    axes = (0, data_axis, hp_axes)
+    members, state = jax.vmap(trainer.init, in_axes=(0, hp_axes))(k_init, hparams)
+    epoch_fn = jax.vmap(trainer.epoch, in_axes=(0, 0, None, *axes))
+    n_members, checks = keys.shape[0], config.epochs // config.eval_every
+    nan = jnp.full((n_members, checks), jnp.nan, jnp.float32)
+
+    def cond(carry):
+        check, members, _ = carry
+        return (check < checks) & ~jnp.all(members.stop.stopped)
+
+    def body(carry):
+        epoch, members, history = carry
+        members, values = epoch_fn(members, state, epoch, k_train, data, hparams)
+        history = History(*(h.at[:, epoch].set(v) for h, v in zip(history, values)))
+        return epoch + 1, members, history
+
+    carry = (jnp.asarray(0, jnp.int32), members, History(nan, nan, nan, nan))
+    last, members, history = jax.lax.while_loop(cond, body, carry)
+    finish = jax.vmap(trainer.finish, in_axes=(0, 0, None, data_axis))
+    params, best_epoch, stop_epoch, test_loss, test_metric = finish(members, state, last - 1, data)
+    metric = "accuracy" if data.task == "classification" else "mse"
+    result = FitResult(params, state, history, best_epoch, stop_epoch, test_loss, test_metric,
+                       metric, config.eval_every)
+    return jax.tree.map(lambda a: a[0], result) if single else result

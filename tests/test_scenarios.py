@@ -1,0 +1,124 @@
+"""Every scenario file runs end to end, shrunk; bad configs fail with a clear message."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+import overfit
+from overfit import cli, experiments, scenario
+
+SCENARIOS = sorted(Path(__file__).parent.parent.joinpath("scenarios").glob("*.toml"))
+SHRINK = ["sweep.seeds=3", "train.epochs=4", "data.n_test=50"]
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_every_scenario_runs_shrunk(path, tmp_path):
+    sc = scenario.load(path, SHRINK)
+    folder = scenario.run(sc, tmp_path)
+    meta = json.loads((folder / "results.json").read_text())
+    assert meta["scenario"]["name"] == sc.name
+    assert meta["environment"]["versions"]["jax"]
+    for figure in meta["figures"]:
+        assert (folder / figure).stat().st_size > 1000
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    assert rows, "empty results table"
+    assert not list(tmp_path.glob(".*partial")), "a partial folder was left behind"
+
+
+def test_five_points_pattern_holds_over_many_draws():
+    """GROUND_TRUTH §7: the 7-parameter model interpolates and generalises worse than the line."""
+    sc = scenario.load(SCENARIOS[[p.stem for p in SCENARIOS].index("five_points")])
+    ratios = []
+    for seed in range(30):
+        rows, figures = experiments.five_points(scenario.from_dict({**_raw(sc), "seed": seed}))
+        plt.close(figures["five_points"])
+        line, curve = rows
+        assert (line["n_params"], curve["n_params"]) == (2, 7)
+        assert curve["train_mse"] < 1e-9  # passes through all five points
+        assert line["train_mse"] > 1e-3
+        ratios.append(curve["val_mse"] / line["val_mse"])
+    assert np.median(ratios) > 2.0
+
+
+def test_capacity_curve_is_a_u(tmp_path):
+    sc = scenario.load(SCENARIOS[[p.stem for p in SCENARIOS].index("capacity_curve")],
+                       ["sweep.seeds=40"])
+    rows, _ = experiments.capacity_curve(sc)
+    degrees = sorted({r["degree"] for r in rows})
+    med = {k: np.array([np.median([r[k] for r in rows if r["degree"] == d]) for d in degrees])
+           for k in ("train_mse", "val_mse")}
+    best = degrees[int(np.argmin(med["val_mse"]))]
+    assert 3 <= best <= 8  # cos(1.5 pi x) on [0, 1] needs a few degrees, not 15
+    assert med["val_mse"][-1] > 10 * med["val_mse"].min()  # the right arm of the U
+    assert med["val_mse"][0] > 10 * med["val_mse"].min()  # the left arm
+    assert np.all(np.diff(med["train_mse"][:-3]) <= 1e-6)  # nested models: train error falls
+    # noise std 0.1: at the best degree the validation error is near the noise floor 0.01
+    assert 0.008 < med["val_mse"].min() < 0.03
+
+
+def _raw(sc):
+    import dataclasses
+
+    return dataclasses.asdict(sc)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.noise=-1", r"data.noise=-1.0 is out of range"),
+        ("data.flip=1.0", r"data.flip=1.0 is out of range; allowed values lie in \[0, 1\)"),
+        ("data.n_train=0", r"data.n_train=0 is out of range"),
+        ("model.max_degree=-2", r"model.max_degree=-2"),
+        ("data.nosie=0.1", r"Did you mean 'noise'"),
+        ("trian.epochs=3", r"Did you mean 'train'"),
+        ("data.target='coss'", r"Did you mean 'cos'"),
+        ("train.epochs='ten'", r"train.epochs='ten' must be of type int"),
+        ("name='../../etc'", r"name='../../etc' must be letters"),
+    ],
+)
+def test_bad_config_is_rejected_with_a_clear_message(override, message):
+    with pytest.raises(ValueError, match=message):
+        scenario.load(SCENARIOS[0], [override])
+
+
+def test_classification_loss_on_regression_data_is_rejected():
+    sc = scenario.load(SCENARIOS[0], ["data.source='regression'", "model.kind='mlp'"])
+    data = experiments.draw(sc, jax.random.key(0), 2)
+    with pytest.raises(ValueError, match="needs classification data"):
+        overfit.fit(overfit.mlp(1, (4,)), data, key=jax.random.key(0), loss="ce")
+
+
+def test_cli_gallery_writes_index_and_reports_errors(tmp_path, capsys):
+    src = tmp_path / "scenarios"
+    src.mkdir()
+    (src / "a.toml").write_text((SCENARIOS[0]).read_text())
+    out = tmp_path / "plots"
+    assert cli.main(["gallery", "--scenarios", str(src), "--out", str(out), *sum(
+        (["--set", s] for s in SHRINK), [])]) == 0
+    index = (out / "index.html").read_text()
+    name = scenario.load(SCENARIOS[0]).name
+    assert f"{name}/" in index and ".png" in index
+    assert cli.main(["run", str(SCENARIOS[0]), "--set", "data.noise=-1"]) == 2
+    assert "data.noise" in capsys.readouterr().err
+
+
+def test_interrupted_run_leaves_old_results_untouched(tmp_path, monkeypatch):
+    sc = scenario.load(SCENARIOS[0], SHRINK)
+    folder = scenario.run(sc, tmp_path)
+    before = (folder / "results.csv").read_text()
+
+    def boom(_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(experiments.EXPERIMENTS, sc.kind, boom)
+    with pytest.raises(KeyboardInterrupt):
+        scenario.run(sc, tmp_path)
+    assert (folder / "results.csv").read_text() == before
+    assert json.loads((folder / "results.json").read_text())["scenario"]["name"] == sc.name
