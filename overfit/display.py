@@ -218,6 +218,80 @@ class FitDisplay:
         return self
 
 
+class ComparisonDisplay:
+    """Grouped bars: one group per setting, one bar per measured quantity.
+
+    Args:
+        names: setting names, ``(n_settings,)``.
+        values: quantity -> ``(n_settings, n_repeats)``; bars show the mean,
+            error bars +/- 1 std across repeats.
+    """
+
+    def __init__(self, names: Sequence[str], values: Mapping[str, Any], *, ylabel: str = "",
+                 title: str | None = None):
+        self.names = list(names)
+        self.values = {k: np.asarray(v, float).reshape(len(self.names), -1)
+                       for k, v in values.items()}
+        self.ylabel, self.title = ylabel, title
+
+    def plot(self, ax: plt.Axes | None = None, *, logy: bool = False) -> ComparisonDisplay:
+        """Draw the bars; returns self with ``bars_`` (quantity -> BarContainer)."""
+        ax = _axes(ax)
+        width = 0.8 / max(len(self.values), 1)
+        pos = np.arange(len(self.names))
+        self.bars_ = {}
+        for i, (label, v) in enumerate(self.values.items()):
+            self.bars_[label] = ax.bar(pos + (i - (len(self.values) - 1) / 2) * width,
+                                       np.nanmean(v, axis=1), width, yerr=np.nanstd(v, axis=1),
+                                       capsize=3, label=label)
+        ax.set_xticks(pos, self.names, rotation=20, ha="right")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_ylabel(self.ylabel)
+        if self.title:
+            ax.set_title(self.title)
+        ax.legend(frameon=False, fontsize="small")
+        self.ax_, self.figure_ = ax, ax.figure
+        return self
+
+
+class HistogramDisplay:
+    """Distributions of integer-valued samples (e.g. stop epochs across seeds)."""
+
+    def __init__(self, samples: Mapping[str, Any], *, xlabel: str = "", title: str | None = None):
+        self.samples = {k: np.ravel(np.asarray(v, float)) for k, v in samples.items()}
+        self.xlabel, self.title = xlabel, title
+
+    def plot(self, ax: plt.Axes | None = None, *, bins: int = 20) -> HistogramDisplay:
+        """Overlaid histograms on shared bins; returns self with ``patches_``."""
+        ax = _axes(ax)
+        every = np.concatenate(list(self.samples.values()))
+        edges = np.histogram_bin_edges(every[np.isfinite(every)], bins=bins)
+        self.patches_ = {k: ax.hist(v, bins=edges, alpha=0.6, label=k)[2]
+                         for k, v in self.samples.items()}
+        ax.set_xlabel(self.xlabel)
+        ax.set_ylabel("count")
+        if self.title:
+            ax.set_title(self.title)
+        ax.legend(frameon=False, fontsize="small")
+        self.ax_, self.figure_ = ax, ax.figure
+        return self
+
+
+def panels(n: int, *, ncols: int | None = None, size: tuple[float, float] = (5.0, 4.0),
+           title: str | None = None, sharey: bool = False) -> tuple[plt.Figure, np.ndarray]:
+    """A figure with ``n`` axes in a grid (``ncols`` defaults to ``min(n, 3)``)."""
+    ncols = ncols or min(n, 3)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
+                             sharey=sharey, squeeze=False, layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return fig, axes.flat[:n]
+
+
 def save_figure(figure: plt.Figure, path: str | os.PathLike) -> None:
     """Write a PNG atomically (temporary file, then rename) and close the figure."""
     path = os.fspath(path)

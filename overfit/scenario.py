@@ -27,9 +27,11 @@ from typing import Any
 import jax
 
 from overfit import data as datasets
+from overfit.early_stopping import MONITORS
 from overfit.schema import build, knob
 
-KINDS = ("five_points", "capacity_curve", "training_curves")
+KINDS = ("five_points", "capacity_curve", "training_curves", "early_stopping", "dropout",
+         "validation_curve", "remedies")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +77,30 @@ class TrainConfig:
 
     method: str = knob("gradient", "closed-form solve or gradient training",
                        choices=("closed_form", "gradient"))
-    ridge: float = knob(0.0, "L2 strength lambda of the closed-form solve", lo=0.0)
     optimizer: str = knob("adam", "optax optimizer", choices=("adam", "sgd", "adamw"))
     learning_rate: float = knob(0.01, "step size", lo=0.0)
     epochs: int = knob(100, "training epochs", lo=1)
     batch_size: int = knob(0, "minibatch size (0 = full batch)", lo=0)
     eval_every: int = knob(1, "epochs between history entries", lo=1)
+    l2: float = knob(0.0, "L2 strength: ridge lambda (closed form) or penalty on weights",
+                     lo=0.0)
+    l1: float = knob(0.0, "L1 penalty strength, proximal step (biases excluded)", lo=0.0)
+    weight_decay: float = knob(0.0, "decoupled weight decay (biases excluded)", lo=0.0)
+    input_noise: float = knob(0.0, "std of Gaussian noise added to training inputs", lo=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StopConfig:
+    """Early stopping inside the compiled loop (``rule = "none"`` trains the full budget)."""
+
+    rule: str = knob("none", "stopping rule", choices=("none", "patience", "GL", "PQ", "UP"))
+    monitor: str = knob("val_loss", "monitored quantity", choices=MONITORS)
+    patience: int = knob(10, "evaluations without improvement before stopping", lo=0)
+    min_delta: float = knob(0.0, "smallest change that counts as an improvement", lo=0.0)
+    start_from_epoch: int = knob(0, "evaluations ignored at the start", lo=0)
+    alpha: float = knob(5.0, "Prechelt threshold (GL, PQ) or number of strips (UP)", lo=0.0)
+    strip: int = knob(5, "Prechelt strip length", lo=1)
+    restore_best: bool = knob(True, "return the best evaluation's parameters")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +108,10 @@ class SweepConfig:
     """The grid: capacities x repeats (data draws / initialisations)."""
 
     capacity: list[int] = knob([], "capacities to sweep (degree, features or width)", lo=0)
+    l2: list[float] = knob([], "L2 strengths to sweep (closed form: ridge lambda)", lo=0.0)
+    drop_rate: list[float] = knob([], "dropout probabilities to sweep", lo=0.0, hi=1.0,
+                                  hi_open=True)
+    n_train: list[int] = knob([], "training-set sizes to sweep", lo=1)
     seeds: int = knob(10, "repeats per grid point", lo=1)
 
 
@@ -108,6 +132,8 @@ class Scenario:
                                            metadata=dict(doc="training section"))
     sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig,
                                            metadata=dict(doc="sweep section"))
+    early_stopping: StopConfig = dataclasses.field(default_factory=StopConfig,
+                                                   metadata=dict(doc="early-stopping section"))
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")

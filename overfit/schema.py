@@ -27,7 +27,9 @@ def knob(default: Any, doc: str, *, choices: tuple | None = None, lo: float | No
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+    if typing.get_origin(tp) is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    return getattr(tp, "__name__", str(tp))
 
 
 def _coerce(where: str, value: Any, tp: Any) -> Any:

@@ -308,8 +308,9 @@ def fit(
         hparams: per-member knobs: model ones (``model.hparams``, e.g.
             ``degree``, ``width``, ``drop_rate``) go to ``model.init``;
             ``input_noise`` is the std of Gaussian noise added to the training
-            inputs at every step; the whole mapping goes to a callable
-            ``optimizer``.
+            inputs at every step; the whole mapping, plus a per-member
+            ``"key"`` (for :func:`overfit.regularize.gradient_noise`), goes to a
+            callable ``optimizer``.
         early_stopping: a rule from :mod:`overfit.early_stopping`, or None.
             It is checked at every evaluation, so ``patience`` counts evaluations.
         eval_every: epochs between evaluations of the train / validation loss
@@ -377,8 +378,13 @@ def _fit(key: Array, data: Dataset, hparams: Mapping[str, Any], *, config: _Conf
     hp_axes = {k: 0 if single else a for k, a in hp_axes} or {k: None for k in hparams}
     keys = key[None] if single else key
     k_init, k_train = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
-    axes = (0, data_axis, hp_axes)
+    if not isinstance(config.optimizer, Transform):
+        # a callable optimizer may hold stochastic transforms (gradient noise):
+        # give each member its own key, derived apart from init and training
+        hparams = {**hparams, "key": jax.vmap(lambda k: jax.random.fold_in(k, 7))(k_init)}
+        hp_axes = {**hp_axes, "key": 0}
     members, state = jax.vmap(trainer.init, in_axes=(0, hp_axes))(k_init, hparams)
+    axes = (0, data_axis, hp_axes)
     epoch_fn = jax.vmap(trainer.epoch, in_axes=(0, 0, None, *axes))
     n_members, checks = keys.shape[0], config.epochs // config.eval_every
     nan = jnp.full((n_members, checks), jnp.nan, jnp.float32)

@@ -15,7 +15,7 @@ import overfit
 from overfit import cli, experiments, scenario
 
 SCENARIOS = sorted(Path(__file__).parent.parent.joinpath("scenarios").glob("*.toml"))
-SHRINK = ["sweep.seeds=3", "train.epochs=4", "data.n_test=50"]
+SHRINK = ["sweep.seeds=3", "train.epochs=4", "train.eval_every=2", "data.n_test=50"]
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
