@@ -674,3 +674,20 @@ def resample(key: Array, data: Dataset) -> Dataset:
     return dataclasses.replace(
         data, x_train=data.x_train[idx], y_train=data.y_train[idx], f_train=data.f_train[idx]
     )
+
+
+def shared_test(data: Dataset) -> Dataset:
+    """Give every draw of a batch ``(S, ...)`` the test split of draw 0.
+
+    A bias-variance decomposition compares the predictions of models trained
+    on different training sets AT THE SAME test points.
+    """
+    if data.x_train.ndim != 3:
+        raise ValueError("shared_test needs a batch of data sets (leading draws axis).")
+
+    def first(a: Array) -> Array:
+        return jnp.broadcast_to(a[0], a.shape)
+
+    return dataclasses.replace(
+        data, x_test=first(data.x_test), y_test=first(data.y_test), f_test=first(data.f_test)
+    )

@@ -49,6 +49,8 @@ class CurveDisplay:
         center: ``"mean"`` with a +/- 1 std band, or ``"median"`` with an
             interquartile band (for heavy-tailed errors, e.g. past the
             interpolation threshold, where a few draws dominate the mean).
+        errors: name -> ``(n_x,)`` half-widths (e.g. standard errors) drawn as
+            the band of a curve given as ``(n_x,)``, instead of a spread.
     """
 
     def __init__(
@@ -63,7 +65,9 @@ class CurveDisplay:
         best_mode: str = "min",
         markers: Mapping[str, Any] | None = None,
         center: str = "mean",
+        errors: Mapping[str, Any] | None = None,
     ):
+        self.errors = {k: np.asarray(v, float) for k, v in (errors or {}).items()}
         if center not in ("mean", "median"):
             raise ValueError(f"center={center!r}; choose 'mean' or 'median'.")
         self.center = center
@@ -90,6 +94,9 @@ class CurveDisplay:
     def summary(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(centre, low, high)`` of a curve, each ``(n_x,)``, NaNs ignored."""
         values = self.curves[name]
+        if name in self.errors:
+            mid = self.mean(name)
+            return mid, mid - self.errors[name], mid + self.errors[name]
         if self.center == "median":
             with np.errstate(all="ignore"):
                 low, mid, high = np.nanpercentile(values, [25, 50, 75], axis=1)
@@ -123,7 +130,7 @@ class CurveDisplay:
             mid, low, high = self.summary(name)
             (line,) = ax.plot(self.x, mid, label=name, **dict(line_kw or {}))
             self.lines_[name] = line
-            if band and self.curves[name].shape[1] > 1:
+            if band and (self.curves[name].shape[1] > 1 or name in self.errors):
                 self.bands_[name] = ax.fill_between(
                     self.x, low, high, alpha=0.25, color=line.get_color(), lw=0
                 )

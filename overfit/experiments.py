@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from overfit import data as datasets
-from overfit import models
+from overfit import decompose, models
 from overfit import regularize as reg
 from overfit.display import (
     ComparisonDisplay,
@@ -109,26 +109,43 @@ def stopper(scenario: Scenario) -> EarlyStopping | None:
                     restore_best=e.restore_best)
 
 
+class Solved(NamedTuple):
+    """Closed-form fits of a grid: parameters and state with the leading members axis."""
+
+    params: Any
+    state: Any
+
+
+def member_data(data: datasets.Dataset, n_members: int, n_draws: int,
+                draw_index: np.ndarray | None = None) -> datasets.Dataset:
+    """Each member's data set: draw ``draw_index[m]`` (default ``m % n_draws``) of ``data``."""
+    if data.x_train.ndim != 3:
+        return data  # a fixed data set, shared by every member
+    index = np.arange(n_members) % n_draws if draw_index is None else draw_index
+    return take(data, index)
+
+
 def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
-               hparams: dict[str, np.ndarray], key: jax.Array, *, stop: bool = True):
+               hparams: dict[str, np.ndarray], key: jax.Array, *, stop: bool = True,
+               draw_index: np.ndarray | None = None):
     """Train every (grid point x repeat) member in one call; leading axis M = G * S.
 
-    ``hparams`` holds flat ``(M,)`` values (empty: S repeats); repeat ``s`` of
-    every grid point uses data draw ``s`` (when the data has a draws axis), so
-    grid points are compared on the same data. ``stop=False`` ignores the
-    early-stopping section (to compare with and without).
+    ``hparams`` holds flat ``(M,)`` values (empty: S repeats); member ``m``
+    trains on data draw ``draw_index[m]`` (default: repeat ``s`` of every grid
+    point uses draw ``s``), so grid points are compared on the same data.
+    ``stop=False`` ignores the early-stopping section (to compare with and
+    without). Returns a :class:`FitResult`, or :class:`Solved` for closed form.
     """
     t, n_seeds = scenario.train, scenario.sweep.seeds
     n_members = len(next(iter(hparams.values()))) if hparams else n_seeds
-    draw_index = np.arange(n_members) % n_seeds
-    member_data = take(data, draw_index) if data.x_train.ndim == 3 else data
+    data = member_data(data, n_members, n_seeds, draw_index)
     keys = jax.random.split(key, n_members)
     if t.method == "closed_form":
-        return _solve_grid(model, member_data, hparams, keys, t.l2)
+        return _solve_grid(model, data, hparams, keys, t.l2)
     hparams = dict(hparams)
     if t.input_noise:
         hparams["input_noise"] = t.input_noise
-    return fit(model, member_data, key=keys, optimizer=optimizer(scenario), epochs=t.epochs,
+    return fit(model, data, key=keys, optimizer=optimizer(scenario), epochs=t.epochs,
                batch_size=t.batch_size or None, hparams=hparams, eval_every=t.eval_every,
                early_stopping=stopper(scenario) if stop else None)
 
@@ -148,32 +165,36 @@ def scores(model: models.Model, params, state, data: datasets.Dataset) -> dict[s
     return out
 
 
-def _solve_grid(model, data, hparams, keys, ridge) -> dict[str, jax.Array]:
+def _float64(tree: Any) -> Any:
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if a.dtype == jnp.float32 else a,
+                        tree)
+
+
+def _solve_grid(model, data, hparams, keys, ridge) -> Solved:
     """Closed-form fits of every member, as one batched SVD in float64."""
     data_axis = 0 if data.x_train.ndim == 3 else None
 
     def one(key, d, hp):
         params, state = model.init(key, **{k: v for k, v in hp.items() if k in model.hparams})
-        params = fit_linear(model, state, d.x_train, d.y_train, ridge=hp.get("l2", ridge))
-        return {"n_params": model.n_params(state), **scores(model, params, state, d)}
+        return fit_linear(model, state, d.x_train, d.y_train, ridge=hp.get("l2", ridge)), state
 
     with jax.enable_x64(True):
-        data64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if a.dtype == jnp.float32
-                              else a, data)
-        return jax.jit(jax.vmap(one, in_axes=(0, data_axis, 0)))(keys, data64, hparams)
+        solve_all = jax.jit(jax.vmap(one, in_axes=(0, data_axis, 0)))
+        return Solved(*solve_all(keys, _float64(data), hparams))
 
 
-def grid_scores(scenario: Scenario, model: models.Model, result, data) -> dict[str, np.ndarray]:
+def grid_scores(scenario: Scenario, model: models.Model, result, data,
+                draw_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-member metrics ``(M,)`` of a ``train_grid`` result (closed form or trained)."""
-    if isinstance(result, FitResult):
-        n = result.best_epoch.shape[0]
-        member_data = take(data, np.arange(n) % scenario.sweep.seeds) if data.x_train.ndim == 3 \
-            else data
-        axis = 0 if member_data.x_train.ndim == 3 else None
-        result = {"n_params": jax.vmap(model.n_params)(result.state),
+    n = jax.tree.leaves(result.params)[0].shape[0]
+    data = member_data(data, n, scenario.sweep.seeds, draw_index)
+    axis = 0 if data.x_train.ndim == 3 else None
+    with jax.enable_x64(isinstance(result, Solved)):
+        data = _float64(data) if isinstance(result, Solved) else data
+        values = {"n_params": jax.vmap(model.n_params)(result.state),
                   **jax.vmap(lambda p, s, d: scores(model, p, s, d), in_axes=(0, 0, axis))(
-                      result.params, result.state, member_data)}
-    return {k: np.asarray(v) for k, v in result.items()}
+                      result.params, result.state, data)}
+        return {k: np.asarray(v) for k, v in values.items()}
 
 
 def _rows(axes: dict[str, Any], values: dict[str, np.ndarray]) -> Rows:
@@ -408,6 +429,98 @@ def _remedy_fits(scenario: Scenario, results: dict) -> Any:
     return fig
 
 
+def _sweep_axis(scenario: Scenario, model: models.Model) -> tuple[str, list, str]:
+    """The swept knob of a decomposition: (column name, values, hparam name)."""
+    if scenario.sweep.capacity:
+        return model.capacity, scenario.sweep.capacity, model.capacity
+    if scenario.sweep.l2:
+        return "l2", scenario.sweep.l2, "l2"
+    raise ValueError(f"kind={scenario.kind!r} needs sweep.capacity or sweep.l2 (a non-empty "
+                     "list) to draw the terms against.")
+
+
+def predictions(model: models.Model, result, x: jax.Array) -> jax.Array:
+    """Raw outputs of every member at shared inputs ``x``: ``(M, n)`` or ``(M, n, K)``."""
+    with jax.enable_x64(isinstance(result, Solved)):
+        x = x.astype(jnp.float64) if isinstance(result, Solved) else x
+        out = jax.vmap(model.apply, in_axes=(0, 0, None))(result.params, result.state, x)
+        return np.asarray(out)
+
+
+def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
+               n_inits: int) -> dict[str, Any]:
+    """Terms of one grid point from its ``(S * m, n, ...)`` predictions."""
+    f = data.f_test[0]
+    if data.task == "regression":
+        terms = dict(zip(("expected test error", "bias2", "variance", "noise"),
+                         decompose.squared(jnp.asarray(preds), f=f, noise=noise_var, ddof=1)))
+    else:
+        if preds.ndim == 2:  # one logit: binary
+            probs = jax.nn.sigmoid(preds)[..., None] * jnp.array([-1.0, 1.0]) + jnp.array([1, 0])
+        else:
+            probs = jax.nn.softmax(preds, axis=-1)
+        labels = jnp.argmax(probs, axis=-1)
+        z = decompose.zero_one(labels, f, n_classes=probs.shape[-1])
+        ce = decompose.cross_entropy(probs, f)
+        terms = {"0-1 loss": z.loss, "0-1 bias": z.bias, "0-1 variance": z.variance,
+                 "0-1 net variance": z.net_variance, "cross-entropy": ce.loss,
+                 "CE bias": ce.bias, "CE variance": ce.variance}
+    if n_inits > 1:
+        flat = preds if preds.ndim == 2 else np.asarray(jax.nn.softmax(preds, axis=-1))[..., -1]
+        split = decompose.variance_split(jnp.asarray(flat).reshape(-1, n_inits, flat.shape[1]))
+        terms |= {"variance from initialisation": split.init,
+                  "variance from training sets": split.sampling}
+    return terms
+
+
+def bias_variance(scenario: Scenario) -> tuple[Rows, Figures]:
+    """Bias^2 / variance / noise (or 0-1 and cross-entropy terms) over a swept knob.
+
+    S training sets (``sweep.seeds``) x m initialisations (``sweep.inits``) per
+    grid point, all trained in one call, predicting at one shared test set;
+    the truth ``f`` separates the noise exactly.
+    """
+    key_data, key_model = _keys(scenario)
+    n_sets, n_inits = scenario.sweep.seeds, scenario.sweep.inits
+    data = datasets.shared_test(draw(scenario, key_data, n_sets))
+    model = build_model(scenario, data)
+    column, values, knob_name = _sweep_axis(scenario, model)
+    flat, _ = grid(value=values, seed=range(n_sets), init=range(n_inits))
+    result = train_grid(scenario, model, data, {knob_name: flat["value"]}, key_model,
+                        draw_index=flat["seed"])
+    preds = predictions(model, result, data.x_test[0])
+    preds = preds.reshape(len(values), n_sets * n_inits, *preds.shape[1:])
+    noise_var = scenario.data.noise**2
+    terms = [_decompose(data, p, noise_var, n_inits) for p in preds]
+    n_params = np.asarray(jax.vmap(model.n_params)(result.state)).reshape(len(values), -1)[:, 0]
+    rows = [{column: v, "n_params": int(n_params[i]),
+             **{k.replace(" ", "_"): float(t.value) for k, t in terms[i].items()},
+             **{k.replace(" ", "_") + "_se": float(t.se) for k, t in terms[i].items()}}
+            for i, v in enumerate(values)]
+    return rows, {"bias_variance": _bias_variance_figure(scenario, column, values, terms)}
+
+
+def _bias_variance_figure(scenario, column, values, terms) -> Any:
+    names = list(terms[0])
+    groups = [[n for n in names if n.startswith(("0-1", "variance from"))],
+              [n for n in names if n.startswith(("cross", "CE"))]]
+    if "bias2" in names:
+        groups = [[n for n in names if not n.startswith("variance from")],
+                  [n for n in names if n.startswith("variance from")]]
+    groups = [g for g in groups if g]
+    fig, axes = panels(len(groups), size=(5.8, 4.2),
+                       title=scenario.title or "Bias-variance decomposition")
+    for ax, group in zip(axes, groups):
+        curves = {n: [t[n].value for t in terms] for n in group}
+        errors = {n: [2 * t[n].se for t in terms] for n in group}
+        total = group[0] if group[0] in ("expected test error", "0-1 loss", "cross-entropy") \
+            else None
+        CurveDisplay(values, curves, errors=errors, xlabel=column, best=total,
+                     ylabel="averaged over test points (band: 2 SE)"
+                     ).plot(ax=ax)
+    return fig
+
+
 EXPERIMENTS: dict[str, Callable[[Scenario], tuple[Rows, Figures]]] = {
     "five_points": five_points,
     "capacity_curve": capacity_curve,
@@ -416,4 +529,5 @@ EXPERIMENTS: dict[str, Callable[[Scenario], tuple[Rows, Figures]]] = {
     "dropout": dropout,
     "validation_curve": validation_curve,
     "remedies": remedies,
+    "bias_variance": bias_variance,
 }

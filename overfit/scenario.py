@@ -31,7 +31,7 @@ from overfit.early_stopping import MONITORS
 from overfit.schema import build, knob
 
 KINDS = ("five_points", "capacity_curve", "training_curves", "early_stopping", "dropout",
-         "validation_curve", "remedies")
+         "validation_curve", "remedies", "bias_variance")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +112,8 @@ class SweepConfig:
     drop_rate: list[float] = knob([], "dropout probabilities to sweep", lo=0.0, hi=1.0,
                                   hi_open=True)
     n_train: list[int] = knob([], "training-set sizes to sweep", lo=1)
-    seeds: int = knob(10, "repeats per grid point", lo=1)
+    seeds: int = knob(10, "repeats per grid point (training-set draws)", lo=1)
+    inits: int = knob(1, "initialisations per training set (bias_variance)", lo=1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,209 @@
+"""Bias-variance decompositions of prediction arrays (GROUND_TRUTH.md §4).
+
+Every function takes the predictions of ``R`` models (leading axis) at ``n``
+test points and returns the terms averaged over the points, each with a
+standard error across test points (points are an i.i.d. sample, so the SE of
+a point-average is ``std_x / sqrt(n)``).
+
+Variances are over the models axis. ``ddof=0`` (default) makes the identities
+exact on the given predictions and matches mlxtend; ``ddof=1`` gives the
+unbiased estimate ``R/(R-1)`` times larger (GROUND_TRUTH §4, finite ensembles).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+from jax import Array
+
+from overfit._checks import check_int, is_concrete
+
+
+class Term(NamedTuple):
+    """A decomposition term: its mean over test points and that mean's standard error."""
+
+    value: Array
+    se: Array
+
+
+def _term(pointwise: Array) -> Term:
+    n = pointwise.shape[-1]
+    se = jnp.std(pointwise, axis=-1, ddof=1) / jnp.sqrt(n) if n > 1 else jnp.nan
+    return Term(jnp.mean(pointwise, axis=-1), se)
+
+
+def _check_models(preds: Array, name: str = "preds") -> None:
+    if preds.ndim < 2:
+        raise ValueError(f"{name} must have shape (n_models, n_points, ...); got {preds.shape}.")
+    if preds.shape[0] < 2:
+        raise ValueError(f"{name} holds {preds.shape[0]} model(s); a variance needs at least 2.")
+
+
+def _check_points(name: str, arr: Array, n: int) -> None:
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match preds; got {arr.shape}.")
+
+
+class Squared(NamedTuple):
+    """Squared-loss terms; ``loss = bias2 + variance + noise`` (in expectation)."""
+
+    loss: Term
+    bias2: Term
+    variance: Term
+    noise: Term
+    main: Array  # (n,) mean prediction
+
+
+def squared(preds: Array, *, y: Array | None = None, f: Array | None = None,
+            noise: Array | float | None = None, ddof: int = 0) -> Squared:
+    """Squared-loss decomposition.
+
+    Two modes:
+
+    * truth known (``f`` and ``noise`` given): ``bias2 = (f - main)^2``, the
+      noise is ``noise`` (the noise VARIANCE s2), and ``loss`` is the expected
+      error on fresh noisy targets, ``bias2 + variance + noise``.
+    * noisy targets only (``y`` given; mlxtend's ``bias_variance_decomp``):
+      ``loss = mean (pred - y)^2 = bias2 + variance`` exactly with ``ddof=0``,
+      where ``bias2 = (y - main)^2`` hides the noise; ``noise`` is reported 0.
+
+    Args:
+        preds: predictions ``(n_models, n_points)``.
+        y: noisy targets ``(n_points,)``; f: noiseless truth ``(n_points,)``.
+        noise: noise variance (with ``f``).
+        ddof: 0 (plug-in terms: ``mean (pred - target)^2 = bias2 + variance``
+            exactly, as mlxtend) or 1 (unbiased: variance times R/(R-1) and
+            bias2 minus variance/R; their sum is still the empirical mean
+            squared deviation from the target).
+    """
+    _check_models(preds)
+    n = preds.shape[1]
+    if (f is None) == (y is None):
+        raise ValueError("give exactly one of f (with noise) or y.")
+    target = f if f is not None else y
+    _check_points("f" if f is not None else "y", target, n)
+    if f is not None and noise is None:
+        raise ValueError("noise (the noise variance) is required with f.")
+    main = jnp.mean(preds, axis=0)
+    variance = jnp.var(preds, axis=0, ddof=ddof)
+    # the plug-in (target - main)^2 is biased up by Var/R; ddof=1 removes that too
+    bias2 = (target - main) ** 2 - ddof * variance / preds.shape[0]
+    if f is None:
+        loss = jnp.mean((preds - y) ** 2, axis=0)  # == bias2 + variance when ddof=0
+        return Squared(_term(loss), _term(bias2), _term(variance), Term(jnp.zeros(()), 0.0), main)
+    s2 = jnp.broadcast_to(jnp.asarray(noise, preds.dtype), (n,))
+    return Squared(_term(bias2 + variance + s2), _term(bias2), _term(variance), _term(s2), main)
+
+
+def _mode(labels: Array, n_classes: int) -> tuple[Array, Array]:
+    """Most frequent label per point (ties: the smallest, as mlxtend) and the class frequencies."""
+    counts = jnp.sum(labels[..., None] == jnp.arange(n_classes), axis=0)  # (n, K)
+    return jnp.argmax(counts, axis=-1), counts / labels.shape[0]
+
+
+class ZeroOne(NamedTuple):
+    """0-1 loss terms after Domingos (2000); ``loss = bias + net_variance`` exactly."""
+
+    loss: Term
+    bias: Term
+    variance: Term  # P(pred != main): mlxtend's variance
+    unbiased_variance: Term  # E[(1 - B) V]
+    biased_variance: Term  # E[B V]
+    net_variance: Term  # Vu - E[B P(pred = y | pred != main) V]
+    main: Array  # (n,) the mode
+
+
+def zero_one(preds: Array, y: Array, *, n_classes: int | None = None) -> ZeroOne:
+    """0-1 loss decomposition (noise-free: ``y`` plays the optimal prediction y*).
+
+    Args:
+        preds: predicted labels ``(n_models, n_points)``, integers in [0, n_classes).
+        y: labels ``(n_points,)``.
+        n_classes: number of classes (default: ``max + 1`` over preds and y).
+
+    Bias and variance are mlxtend's; the net variance makes the identity
+    ``loss = bias + net_variance`` hold per point: on an unbiased point the
+    variance adds to the loss, on a biased one it subtracts
+    ``P(pred = y | pred != main)`` of it (two classes: all of it).
+    """
+    _check_models(preds)
+    _check_points("y", y, preds.shape[1])
+    if n_classes is None:
+        n_classes = int(max(jnp.max(preds), jnp.max(y))) + 1
+    check_int("n_classes", n_classes, lo=1)
+    for name, arr in (("preds", preds), ("y", y)):
+        if is_concrete(arr) and (jnp.any(arr < 0) or jnp.any(arr >= n_classes)):
+            raise ValueError(f"{name} holds labels outside [0, {n_classes}).")
+    main, freq = _mode(preds, n_classes)
+    bias = (main != y).astype(jnp.float32)
+    variance = 1.0 - jnp.take_along_axis(freq, main[:, None], axis=1)[:, 0]
+    p_true = jnp.take_along_axis(freq, y[:, None], axis=1)[:, 0]
+    loss = 1.0 - p_true
+    # on a biased point P(pred = y, pred != main) = P(pred = y) since y != main
+    net = (1.0 - bias) * variance - bias * p_true
+    return ZeroOne(_term(loss), _term(bias), _term(variance), _term((1.0 - bias) * variance),
+                   _term(bias * variance), _term(net), main)
+
+
+class CrossEntropy(NamedTuple):
+    """Cross-entropy terms after Yang et al. (2020); ``loss = bias + variance`` exactly."""
+
+    loss: Term
+    bias: Term  # CE(y, pibar)
+    variance: Term  # E KL(pibar || pi) = -log Z
+    main: Array  # (n, K) normalised geometric mean pibar
+
+
+def cross_entropy(probs: Array, y: Array, *, atol: float = 1e-4) -> CrossEntropy:
+    """Cross-entropy decomposition of predicted class probabilities.
+
+    Args:
+        probs: ``(n_models, n_points, n_classes)``, each row summing to 1.
+        y: labels ``(n_points,)`` in [0, n_classes).
+        atol: tolerance on the row sums.
+    """
+    _check_models(probs, "probs")
+    if probs.ndim != 3:
+        raise ValueError(f"probs must be (n_models, n_points, n_classes); got {probs.shape}.")
+    _check_points("y", y, probs.shape[1])
+    k = probs.shape[-1]
+    if is_concrete(probs):
+        if jnp.any(jnp.abs(jnp.sum(probs, axis=-1) - 1.0) > atol) or jnp.any(probs < 0):
+            raise ValueError("probs must be probabilities: non-negative rows summing to 1 "
+                             "(apply softmax to logits first).")
+        if jnp.any(y < 0) or jnp.any(y >= k):
+            raise ValueError(f"y holds labels outside [0, {k}).")
+    log_p = jnp.log(jnp.clip(probs, 1e-30))
+    log_p_y = jnp.take_along_axis(log_p, jnp.broadcast_to(y[None, :, None], (*probs.shape[:2], 1)),
+                                  axis=-1)[..., 0]  # (R, n)
+    log_z = jnp.log(jnp.sum(jnp.exp(jnp.mean(log_p, axis=0)), axis=-1))  # <= 0 by Jensen
+    loss = -jnp.mean(log_p_y, axis=0)
+    bias = loss + log_z  # -log pibar_y = -(E log p_y - log Z)
+    main = jnp.exp(jnp.mean(log_p, axis=0) - log_z[:, None])
+    return CrossEntropy(_term(loss), _term(bias), _term(-log_z), main)
+
+
+class VarianceSplit(NamedTuple):
+    """Law of total variance over training sets S and initialisations (Neal et al. 2018)."""
+
+    total: Term  # Var over all (S, init) pairs
+    init: Term  # E_S[Var_init(h | S)]
+    sampling: Term  # Var_S(E_init[h | S]), corrected for finite inits
+
+
+def variance_split(preds: Array) -> VarianceSplit:
+    """Split the variance of ``preds (n_sets, n_inits, n_points)`` into its sources.
+
+    Unbiased estimators: the within-set variance uses ddof=1; the variance of
+    the per-set means (ddof=1) overstates the sampling part by
+    ``E[Var_init] / n_inits``, which is subtracted (GROUND_TRUTH §4). ``total``
+    is their sum.
+    """
+    if preds.ndim != 3 or preds.shape[0] < 2 or preds.shape[1] < 2:
+        raise ValueError("preds must be (n_sets >= 2, n_inits >= 2, n_points); "
+                         f"got {preds.shape}.")
+    m = preds.shape[1]
+    init = jnp.mean(jnp.var(preds, axis=1, ddof=1), axis=0)
+    sampling = jnp.var(jnp.mean(preds, axis=1), axis=0, ddof=1) - init / m
+    return VarianceSplit(_term(init + sampling), _term(init), _term(sampling))

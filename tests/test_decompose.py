@@ -1,0 +1,193 @@
+"""Decompositions (GROUND_TRUTH §4): identities, mlxtend parity, and the real estimation path."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import overfit as of
+from overfit import decompose
+
+
+def _random(shape, seed=0):
+    return jax.random.normal(jax.random.key(seed), shape)
+
+
+def test_squared_identities_against_noisy_targets_and_against_the_truth():
+    preds, y = _random((50, 200)), _random((200,), 1)
+    t = decompose.squared(preds, y=y)  # mlxtend's mode: loss == bias2 + variance exactly
+    np.testing.assert_allclose(t.loss.value, t.bias2.value + t.variance.value, rtol=1e-6)
+    np.testing.assert_allclose(t.loss.value, jnp.mean((preds - y) ** 2), rtol=1e-6)
+    f = _random((200,), 2)
+    t = decompose.squared(preds, f=f, noise=0.25)
+    np.testing.assert_allclose(t.loss.value, t.bias2.value + t.variance.value + 0.25, rtol=1e-6)
+    np.testing.assert_allclose(t.noise.value, 0.25, rtol=1e-6)
+    u = decompose.squared(preds, f=f, noise=0.25, ddof=1)
+    np.testing.assert_allclose(u.variance.value, t.variance.value * 50 / 49, rtol=1e-5)
+    # the unbiased bias2 keeps bias2 + variance equal to the mean squared deviation from f
+    np.testing.assert_allclose(u.bias2.value + u.variance.value, jnp.mean((preds - f) ** 2),
+                               rtol=1e-5)
+
+
+def test_finite_ensemble_correction_recovers_a_known_variance():
+    """Predictions = f + N(0, v): ddof=0 is low by (R-1)/R, ddof=1 is right."""
+    r, n, v = 5, 20_000, 0.5
+    f = _random((n,), 3)
+    preds = f + jnp.sqrt(v) * _random((r, n), 4)
+    biased = decompose.squared(preds, f=f, noise=0.0).variance
+    unbiased = decompose.squared(preds, f=f, noise=0.0, ddof=1)
+    assert abs(unbiased.variance.value - v) < 4 * unbiased.variance.se
+    assert abs(biased.value - v * (r - 1) / r) < 4 * biased.se
+    assert abs(unbiased.bias2.value) < 4 * unbiased.bias2.se  # true bias is 0
+
+
+def test_zero_one_domingos_identities():
+    labels = jax.random.randint(jax.random.key(0), (41, 300), 0, 2)
+    y = jax.random.randint(jax.random.key(1), (300,), 0, 2)
+    z = decompose.zero_one(labels, y)
+    np.testing.assert_allclose(z.loss.value, jnp.mean(labels != y), rtol=1e-6)
+    np.testing.assert_allclose(z.loss.value, z.bias.value + z.net_variance.value, atol=1e-6)
+    # two classes: net variance = unbiased - biased variance
+    np.testing.assert_allclose(z.net_variance.value,
+                               z.unbiased_variance.value - z.biased_variance.value, atol=1e-6)
+    np.testing.assert_allclose(z.variance.value,
+                               z.unbiased_variance.value + z.biased_variance.value, atol=1e-6)
+    labels = jax.random.randint(jax.random.key(2), (40, 300), 0, 5)  # multiclass, with ties
+    y = jax.random.randint(jax.random.key(3), (300,), 0, 5)
+    z = decompose.zero_one(labels, y, n_classes=5)
+    np.testing.assert_allclose(z.loss.value, z.bias.value + z.net_variance.value, atol=1e-6)
+    assert z.net_variance.value > z.unbiased_variance.value - z.biased_variance.value
+
+
+def test_zero_one_mode_breaks_ties_toward_the_smallest_label():
+    labels = jnp.array([[0, 2], [1, 1], [1, 2], [0, 1]])  # point 0: 0 and 1 tie; point 1: 1 and 2
+    z = decompose.zero_one(labels, jnp.array([1, 2]), n_classes=3)
+    np.testing.assert_array_equal(z.main, [0, 1])
+
+
+def test_cross_entropy_yang_identity():
+    probs = jax.nn.softmax(2.0 * _random((30, 100, 4)), axis=-1)
+    y = jax.random.randint(jax.random.key(5), (100,), 0, 4)
+    c = decompose.cross_entropy(probs, y)
+    log_p_y = jnp.log(probs[:, jnp.arange(100), y])
+    np.testing.assert_allclose(c.loss.value, -jnp.mean(log_p_y), rtol=1e-5)
+    np.testing.assert_allclose(c.loss.value, c.bias.value + c.variance.value, rtol=1e-5)
+    np.testing.assert_allclose(jnp.sum(c.main, axis=-1), 1.0, atol=1e-5)
+    # variance = E KL(pibar || pi), computed the long way
+    kl = jnp.sum(c.main * (jnp.log(c.main) - jnp.log(probs)), axis=-1)
+    np.testing.assert_allclose(c.variance.value, jnp.mean(kl), rtol=1e-4)
+    assert c.variance.value > 0
+    same = decompose.cross_entropy(jnp.broadcast_to(probs[0], probs.shape), y)
+    assert abs(same.variance.value) < 1e-6  # identical models: no variance
+
+
+def test_variance_split_recovers_init_and_sampling_parts():
+    """h = a_S + b_(S,init) with Var(a) = 0.3, Var(b) = 0.7: law of total variance."""
+    s, m, n = 400, 3, 200
+    a = jnp.sqrt(0.3) * _random((s, 1, n), 6)
+    b = jnp.sqrt(0.7) * _random((s, m, n), 7)
+    split = decompose.variance_split(a + b)
+    for term, truth in ((split.init, 0.7), (split.sampling, 0.3), (split.total, 1.0)):
+        assert abs(term.value - truth) < 4 * term.se, (term, truth)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: decompose.squared(jnp.zeros((1, 5)), y=jnp.zeros(5)), "at least 2"),
+        (lambda: decompose.squared(jnp.zeros((3, 5)), y=jnp.zeros(4)), r"shape \(5,\)"),
+        (lambda: decompose.squared(jnp.zeros((3, 5)), f=jnp.zeros(5)), "noise"),
+        (lambda: decompose.zero_one(jnp.full((3, 5), 3), jnp.zeros(5, int), n_classes=2),
+         "outside"),
+        (lambda: decompose.cross_entropy(jnp.full((3, 5, 2), 0.7), jnp.zeros(5, int)),
+         "sum(ming)? to 1"),
+        (lambda: decompose.variance_split(jnp.zeros((3, 1, 5))), "n_inits >= 2"),
+    ],
+)
+def test_bad_inputs_are_rejected(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_parity_with_mlxtend_on_identical_bootstrap_predictions():
+    mlxtend = pytest.importorskip("mlxtend.evaluate")
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import PolynomialFeatures
+    from sklearn.tree import DecisionTreeClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (30, 1))
+    y = np.cos(1.5 * np.pi * x[:, 0]) + 0.1 * rng.normal(size=30)
+    xt = rng.uniform(0, 1, (50, 1))
+    yt = np.cos(1.5 * np.pi * xt[:, 0]) + 0.1 * rng.normal(size=50)
+
+    class Recorder:
+        """Wraps an estimator and keeps every round's test predictions."""
+
+        def __init__(self, inner):
+            self.inner, self.preds = inner, []
+
+        def fit(self, X, Y):
+            self.inner.fit(X, Y)
+            return self
+
+        def predict(self, X):
+            out = self.inner.predict(X)
+            self.preds.append(out)
+            return out
+
+    rec = Recorder(make_pipeline(PolynomialFeatures(4), LinearRegression()))
+    loss, bias, var = mlxtend.bias_variance_decomp(rec, x, y, xt, yt, loss="mse",
+                                                   num_rounds=100, random_seed=1)
+    t = decompose.squared(jnp.asarray(np.array(rec.preds), jnp.float32), y=jnp.asarray(yt))
+    np.testing.assert_allclose([t.loss.value, t.bias2.value, t.variance.value],
+                               [loss, bias, var], rtol=1e-4)
+
+    labels = (x[:, 0] > 0.5).astype(int) ^ (rng.uniform(size=30) < 0.2)
+    labels_t = (xt[:, 0] > 0.5).astype(int)
+    rec = Recorder(DecisionTreeClassifier(random_state=0))
+    loss, bias, var = mlxtend.bias_variance_decomp(rec, x, labels, xt, labels_t,
+                                                   loss="0-1_loss", num_rounds=100,
+                                                   random_seed=1)
+    z = decompose.zero_one(jnp.asarray(np.array(rec.preds)), jnp.asarray(labels_t))
+    np.testing.assert_allclose([z.loss.value, z.bias.value, z.variance.value],
+                               [loss, bias, var], rtol=1e-6)
+    # and ours adds up where mlxtend's does not (rasbt/mlxtend#964)
+    np.testing.assert_allclose(z.loss.value, z.bias.value + z.net_variance.value, atol=1e-6)
+
+
+def test_fixed_design_least_squares_through_the_real_path():
+    """GROUND_TRUTH §1 via sampler -> polynomial -> solver: n = 100, p = 10, s2 = 1.
+
+    mean_i Var(yhat_i) = s2 p/n = 0.1; E train MSE = s2 (1 - p/n) = 0.9;
+    E in-sample test error = s2 (1 + p/n) = 1.1.
+    """
+    n, p, draws = 100, 10, 2000
+    with jax.enable_x64(True):
+        keys = jax.random.split(jax.random.key(0), draws)
+        # fixed design: every draw shares the grid inputs, only the noise changes
+        data = jax.vmap(lambda k: of.regression(k, target="poly", n_train=n, n_val=0, n_test=0,
+                                                noise=1.0, x_dist="grid"))(keys)
+        model = of.polynomial(p - 1)
+        params, state = model.init(keys[0])
+
+        def fitted(d):
+            coef = of.fit_linear(model, state, d.x_train, d.y_train)
+            return model.apply(coef, state, d.x_train)
+
+        yhat = jax.vmap(fitted)(data)
+    assert np.allclose(data.x_train, data.x_train[0])
+    f = data.f_train[0]  # poly is a cubic: degree 9 has no bias
+    t = decompose.squared(yhat, f=f, noise=1.0, ddof=1)
+    var_se = 0.1 * np.sqrt(2 / draws)  # chi-square spread of a variance estimate
+    assert abs(t.variance.value - 0.1) < 4 * var_se
+    train_mse = jnp.mean((yhat - data.y_train) ** 2, axis=1)
+    se = float(jnp.std(train_mse) / np.sqrt(draws))
+    assert abs(float(jnp.mean(train_mse)) - 0.9) < 4 * se
+    fresh = f + jax.random.normal(jax.random.key(9), (draws, n))
+    test_mse = jnp.mean((yhat - fresh) ** 2, axis=1)
+    se = float(jnp.std(test_mse) / np.sqrt(draws))
+    assert abs(float(jnp.mean(test_mse)) - 1.1) < 4 * se
