@@ -97,7 +97,8 @@ def patience(
         patience: stop after this many consecutive epochs without improvement.
         baseline: an improvement also resets the counter only when it beats
             this value; training stops after ``patience`` epochs if it never does.
-        start_from_epoch: epochs before this one are ignored (warm-up).
+        start_from_epoch: evaluations before this one are ignored (warm-up);
+            with ``fit(eval_every=1)`` these are epochs.
         restore_best: return the parameters of ``best_epoch`` (default on: the
             lesson's advice to keep the best model).
     """
@@ -109,7 +110,7 @@ def patience(
 
     def update(state: StopState, epoch: Array, value: Array, train_value: Array) -> StopState:
         del train_value
-        current = sign * value
+        current = sign * jnp.asarray(value, jnp.float32)
         active = (epoch >= start_from_epoch) & ~state.stopped
         improved = active & (current + min_delta < state.best)
         beats_baseline = current + min_delta < ref
@@ -160,6 +161,7 @@ def prechelt(
         check_range("alpha", alpha, lo=0.0)
 
     def update(state: StopState, epoch: Array, value: Array, train_value: Array) -> StopState:
+        value = jnp.asarray(value, jnp.float32)
         active = ~state.stopped
         improved = active & (value < state.best)
         e_opt = jnp.minimum(state.best, value)
@@ -189,11 +191,17 @@ def prechelt(
     return EarlyStopping(_init(k), update, monitor, restore_best)
 
 
+def _never_update(state: StopState, epoch: Array, value: Array, train_value: Array) -> StopState:
+    del epoch, value, train_value
+    return state
+
+
+_NEVER = EarlyStopping(_init(), _never_update, "val_loss", False)
+
+
 def never() -> EarlyStopping:
-    """Train the full budget: the rule ``fit`` uses when none is given."""
+    """Train the full budget: the rule ``fit`` uses when none is given.
 
-    def update(state: StopState, epoch: Array, value: Array, train_value: Array) -> StopState:
-        del epoch, value, train_value
-        return state
-
-    return EarlyStopping(_init(), update, "val_loss", False)
+    Always the same object, so fits without a rule share their compiled code.
+    """
+    return _NEVER

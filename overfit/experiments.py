@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from overfit import data as datasets
-from overfit import decompose, models
+from overfit import decompose, models, theory
 from overfit import regularize as reg
 from overfit.display import (
     ComparisonDisplay,
@@ -29,7 +29,7 @@ from overfit.display import (
 from overfit.early_stopping import EarlyStopping, patience, prechelt
 from overfit.scenario import Scenario
 from overfit.solve import fit_linear
-from overfit.sweep import grid, take
+from overfit.sweep import batch_size_for, grid, map_members, take
 from overfit.train import FitResult, default_loss, evaluate, fit
 
 Rows = list[dict[str, Any]]
@@ -51,6 +51,10 @@ def draw(scenario: Scenario, key: jax.Array, n_draws: int) -> datasets.Dataset:
         sample = lambda k: datasets.regression(  # noqa: E731
             k, target=d.target, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
             noise=d.noise, x_dist=d.x_dist, domain=tuple(d.domain))
+    elif d.source == "linear":
+        sample = lambda k: datasets.linear(  # noqa: E731
+            k, p=d.p, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test, r2=d.r2,
+            s2=d.noise**2)
     else:
         sample = lambda k: datasets.classification(  # noqa: E731
             k, shape=d.shape, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
@@ -71,7 +75,8 @@ def build_model(scenario: Scenario, data: datasets.Dataset) -> models.Model:
     if m.kind == "random_features":
         return models.random_features(max(caps, default=m.max_features), n_in=n_in, kind=m.features)
     if m.kind == "linear":
-        return models.linear(n_in, n_out=n_out)
+        # the isotropic theory has no intercept; real inputs are standardised
+        return models.linear(n_in, n_out=n_out, bias=scenario.data.source != "linear")
     hidden = [max(caps)] * len(m.hidden) if caps else m.hidden
     return models.mlp(n_in, hidden, n_out=n_out, activation=m.activation, drop_rate=m.drop_rate)
 
@@ -170,17 +175,38 @@ def _float64(tree: Any) -> Any:
                         tree)
 
 
-def _solve_grid(model, data, hparams, keys, ridge) -> Solved:
-    """Closed-form fits of every member, as one batched SVD in float64."""
-    data_axis = 0 if data.x_train.ndim == 3 else None
+def _per_member(data: datasets.Dataset, members: Any, f: Callable, *, width: int) -> Any:
+    """``f(member, member's data)`` for every member, in memory-bounded batches.
 
-    def one(key, d, hp):
+    ``data`` is per member (leading axis) or shared. Design matrices of
+    ``width`` columns dominate memory: batches keep them, and an SVD's
+    workspace, within half a GiB (``sweep.batch_size_for``).
+    """
+    batched = data.x_train.ndim == 3
+    n_members = jax.tree.leaves(members)[0].shape[0]
+    n_points = sum(a.shape[-2] for a in (data.x_train, data.x_val, data.x_test))
+    size = batch_size_for(8 * 6 * n_points * width, n_members)
+    if batched:
+        return map_members(lambda m: f(*m), (members, data), batch_size=size)
+    return map_members(lambda m: f(m, data), members, batch_size=size)
+
+
+def _width(model: models.Model) -> int:
+    """Largest parameter-array dimension: the column count of a design matrix."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0))[0]
+    return max(max(a.shape, default=1) for a in jax.tree.leaves(shapes))
+
+
+def _solve_grid(model, data, hparams, keys, ridge) -> Solved:
+    """Closed-form fits of every member, as batched SVDs in float64."""
+
+    def one(member, d):
+        key, hp = member
         params, state = model.init(key, **{k: v for k, v in hp.items() if k in model.hparams})
         return fit_linear(model, state, d.x_train, d.y_train, ridge=hp.get("l2", ridge)), state
 
     with jax.enable_x64(True):
-        solve_all = jax.jit(jax.vmap(one, in_axes=(0, data_axis, 0)))
-        return Solved(*solve_all(keys, _float64(data), hparams))
+        return Solved(*_per_member(_float64(data), (keys, hparams), one, width=_width(model)))
 
 
 def grid_scores(scenario: Scenario, model: models.Model, result, data,
@@ -188,12 +214,14 @@ def grid_scores(scenario: Scenario, model: models.Model, result, data,
     """Per-member metrics ``(M,)`` of a ``train_grid`` result (closed form or trained)."""
     n = jax.tree.leaves(result.params)[0].shape[0]
     data = member_data(data, n, scenario.sweep.seeds, draw_index)
-    axis = 0 if data.x_train.ndim == 3 else None
     with jax.enable_x64(isinstance(result, Solved)):
         data = _float64(data) if isinstance(result, Solved) else data
-        values = {"n_params": jax.vmap(model.n_params)(result.state),
-                  **jax.vmap(lambda p, s, d: scores(model, p, s, d), in_axes=(0, 0, axis))(
-                      result.params, result.state, data)}
+
+        def one(member, d):
+            params, state = member
+            return {"n_params": model.n_params(state), **scores(model, params, state, d)}
+
+        values = _per_member(data, (result.params, result.state), one, width=_width(model))
         return {k: np.asarray(v) for k, v in values.items()}
 
 
@@ -521,6 +549,138 @@ def _bias_variance_figure(scenario, column, values, terms) -> Any:
     return fig
 
 
+def _signal_on_first(data: datasets.Dataset, n_inputs: jax.Array, key: jax.Array, r2: float
+                     ) -> tuple[datasets.Dataset, jax.Array]:
+    """Isotropic data whose signal lives on the first ``n_inputs`` coordinates only.
+
+    Keeps the draw's inputs and noise and redraws ``b`` uniform on the sphere
+    ``|b|^2 = r2`` of that subspace, so a model using the first ``n_inputs``
+    inputs is exactly the GROUND_TRUTH §2 setting with p = n_inputs.
+    """
+    g = jax.random.normal(key, (data.n_features,)) * (jnp.arange(data.n_features) < n_inputs)
+    b = g * jnp.sqrt(r2) / jnp.linalg.norm(g)
+
+    def relabel(x, y, f):
+        signal = x @ b
+        return y - f + signal, signal
+
+    splits = {}
+    for name in ("train", "val", "test"):
+        y, f = relabel(getattr(data, f"x_{name}"), getattr(data, f"y_{name}"),
+                       getattr(data, f"f_{name}"))
+        splits |= {f"y_{name}": y, f"f_{name}": f}
+    return dataclasses.replace(data, **splits), b
+
+
+def _risks(model, result, data, coef_truth=None) -> dict[str, np.ndarray]:
+    """Test risk (against f, or |bhat - b|^2 when b is known), train MSE and |coef|^2."""
+    with jax.enable_x64(True):
+        data = _float64(data)
+
+        def one(params, state, d, b):
+            fitted = model.apply(params, state, d.x_train)
+            if b is None:  # no known coefficients: the risk against f on the test split
+                risk = jnp.mean((model.apply(params, state, d.x_test) - d.f_test) ** 2)
+            else:
+                risk = jnp.sum((params["coef"] - b) ** 2)
+            return {"test_risk": risk, "train_mse": jnp.mean((fitted - d.y_train) ** 2),
+                    "coef_norm2": jnp.sum(params["coef"] ** 2)}
+
+        if coef_truth is None:
+            coef_truth = jnp.zeros(jax.tree.leaves(result.state)[0].shape[:1])
+
+        def member(m, d):
+            params, state, b = m
+            return one(params, state, d, b if b.ndim else None)
+
+        out = _per_member(data, (result.params, result.state, coef_truth), member,
+                          width=_width(model))
+        return {k: np.asarray(v) for k, v in out.items()}
+
+
+def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
+    """Min-norm risk through the interpolation threshold, model-wise or sample-wise.
+
+    ``sweep.capacity`` sweeps the parameters P (features N, or inputs p) at
+    fixed n; ``sweep.n_train`` sweeps n at fixed P ("more data can hurt"). With
+    the isotropic linear source and model the exact finite-sample and the
+    asymptotic theory are overlaid; ``sweep.l2 = [...]`` adds ridge curves.
+    """
+    if scenario.train.method != "closed_form":
+        raise ValueError("kind='double_descent' needs train.method='closed_form' (min-norm).")
+    sample_wise = bool(scenario.sweep.n_train)
+    values = scenario.sweep.n_train if sample_wise else _require(scenario, "capacity")
+    key_data, key_model, key_coef = jax.random.split(jax.random.key(scenario.seed), 3)
+    n_sets = scenario.sweep.seeds
+    isotropic = scenario.data.source == "linear" and scenario.model.kind == "linear"
+    curves, rows = {}, []
+    ridges = [0.0, *scenario.sweep.l2]
+    for lam in ridges:
+        label = "min-norm" if lam == 0 else f"ridge lambda={lam:g}"
+        per_value = []
+        for n_train, chunk in (((v, [None]) for v in values) if sample_wise
+                               else [(scenario.data.n_train, values)]):
+            variant = dataclasses.replace(scenario, data=dataclasses.replace(
+                scenario.data, n_train=n_train))
+            data = draw(variant, key_data, n_sets)
+            model = build_model(variant, data)
+            # sample-wise: the model at its full capacity
+            caps = [model.init(key_model)[1][model.capacity]] if chunk == [None] else chunk
+            flat, _ = grid(value=[int(c) for c in caps], seed=range(n_sets))
+            member = member_data(data, len(flat["seed"]), n_sets, flat["seed"])
+            b = None
+            if isotropic:
+                coef_keys = jax.random.split(key_coef, len(flat["seed"]))
+                member, b = jax.vmap(_signal_on_first, in_axes=(0, 0, 0, None))(
+                    member, jnp.asarray(flat["value"]), coef_keys, scenario.data.r2)
+            hp = {model.capacity: flat["value"], "l2": np.full(len(flat["value"]), lam)}
+            result = _solve_grid(model, member, hp, jax.random.split(key_model, len(hp["l2"])),
+                                 lam)
+            per_value.append(_risks(model, result, member, b))
+        risks = {k: np.concatenate([r[k] for r in per_value]).reshape(len(values), n_sets)
+                 for k in per_value[0]}
+        curves[label] = risks
+        for i, v in enumerate(values):
+            for s_ in range(n_sets):
+                rows.append({"regularization": label,
+                             ("n_train" if sample_wise else model.capacity): v, "seed": s_,
+                             **{k: float(a[i, s_]) for k, a in risks.items()}})
+    return rows, {"double_descent": _double_descent_figure(scenario, values, curves,
+                                                           sample_wise, isotropic)}
+
+
+def _double_descent_figure(scenario, values, curves, sample_wise, isotropic) -> Any:
+    d = scenario.data
+    values = np.asarray(values, float)
+    threshold = d.p if sample_wise else d.n_train
+    x = values / threshold if not sample_wise else values
+    xlabel = "n_train (threshold at n = p)" if sample_wise else "parameters / n_train"
+    fig, axes = panels(3, size=(5, 4), title=scenario.title or "Double descent")
+    risk = CurveDisplay(x, {k: v["test_risk"] for k, v in curves.items()}, center="median",
+                        xlabel=xlabel, ylabel="test risk (median, quartiles)",
+                        markers={"interpolation threshold": 1.0 if not sample_wise
+                                 else threshold}).plot(ax=axes[0], logy=True)
+    if isotropic:
+        grid_x = np.linspace(x.min(), x.max(), 400)
+        p, n = (d.p, grid_x) if sample_wise else (grid_x * d.n_train, d.n_train)
+        exact = theory.min_norm_risk(p, n, d.r2, d.noise**2)
+        risk.ax_.plot(grid_x, np.where(np.isfinite(exact), exact, np.nan), "k-", lw=1,
+                      label="exact finite-n theory")
+        gamma = p / n
+        risk.ax_.plot(grid_x, theory.min_norm_risk_asymptotic(gamma, d.r2, d.noise**2), "k:",
+                      lw=1, label="asymptotic theory")
+        risk.ax_.plot(grid_x, theory.optimal_ridge_risk(gamma, d.r2, d.noise**2), "k--", lw=1,
+                      label="optimally tuned ridge (theory)")
+        risk.ax_.set_ylim(top=30 * np.nanmax(theory.optimal_ridge_risk(gamma, d.r2,
+                                                                       d.noise**2)) + 1)
+        risk.ax_.legend(frameon=False, fontsize="small")
+    CurveDisplay(x, {k: v["train_mse"] for k, v in curves.items()}, center="median",
+                 xlabel=xlabel, ylabel="training MSE").plot(ax=axes[1])
+    CurveDisplay(x, {k: v["coef_norm2"] for k, v in curves.items()}, center="median",
+                 xlabel=xlabel, ylabel="|coefficients|^2").plot(ax=axes[2], logy=True)
+    return fig
+
+
 EXPERIMENTS: dict[str, Callable[[Scenario], tuple[Rows, Figures]]] = {
     "five_points": five_points,
     "capacity_curve": capacity_curve,
@@ -530,4 +690,5 @@ EXPERIMENTS: dict[str, Callable[[Scenario], tuple[Rows, Figures]]] = {
     "validation_curve": validation_curve,
     "remedies": remedies,
     "bias_variance": bias_variance,
+    "double_descent": double_descent,
 }

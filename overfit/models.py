@@ -185,21 +185,25 @@ def linear(n_in: int, *, n_out: int = 1, bias: bool = True) -> Model:
 
     The same model serves all three; the loss decides (``"mse"``, ``"bce"`` with
     ``n_out=1``, ``"ce"`` with ``n_out = n_classes``). ``bias=False`` gives the
-    isotropic linear model of the double-descent theory.
+    isotropic linear model of the double-descent theory. Capacity: only the
+    first ``n_inputs`` inputs are used, ``init(key, n_inputs=n_in)`` (a p/n
+    sweep on one data set).
     """
     n_in = check_int("n_in", n_in, lo=1)
     n_out = check_int("n_out", n_out, lo=1)
 
-    def make_state(key: Array) -> State:
+    def make_state(key: Array, n_inputs: Any = n_in) -> State:
         del key
-        return {}
+        check_range("n_inputs", n_inputs, lo=1, hi=n_in)
+        return {"n_inputs": jnp.asarray(n_inputs, jnp.int32)}
 
     def features(state: State, x: Array) -> Array:
-        del state
+        x = x * (jnp.arange(n_in) < state["n_inputs"])
         return jnp.concatenate([x, jnp.ones_like(x[:, :1])], axis=1) if bias else x
 
     width = n_in + int(bias)
-    return _linear_in_params(features, make_state, width, lambda s: jnp.asarray(width), None, n_out)
+    return _linear_in_params(features, make_state, width,
+                             lambda s: s["n_inputs"] + int(bias), "n_inputs", n_out)
 
 
 def mlp(
@@ -235,7 +239,7 @@ def mlp(
     # when the constructor asks for dropout (per-member rates may then be 0)
     stochastic = drop_rate > 0 or input_drop_rate > 0
     sizes = (n_in, *hidden, n_out)
-    max_width = max(hidden, default=0)
+    max_width = max(hidden, default=1)
 
     def live_sizes(width: Array) -> list[Array]:
         return [jnp.asarray(n_in), *(jnp.minimum(h, width) for h in hidden), jnp.asarray(n_out)]
@@ -246,7 +250,7 @@ def mlp(
         drop_rate: Any = drop_rate,
         input_drop_rate: Any = input_drop_rate,
     ) -> tuple[Params, State]:
-        check_range("width", width, lo=1, hi=max(max_width, 1))
+        check_range("width", width, lo=1, hi=max_width)
         check_range("drop_rate", drop_rate, lo=0.0, hi=1.0, hi_open=True)
         check_range("input_drop_rate", input_drop_rate, lo=0.0, hi=1.0, hi_open=True)
         live = live_sizes(jnp.asarray(width))

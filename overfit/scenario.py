@@ -31,7 +31,7 @@ from overfit.early_stopping import MONITORS
 from overfit.schema import build, knob
 
 KINDS = ("five_points", "capacity_curve", "training_curves", "early_stopping", "dropout",
-         "validation_curve", "remedies", "bias_variance")
+         "validation_curve", "remedies", "bias_variance", "double_descent", "learning_curve")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,10 +39,12 @@ class DataConfig:
     """Where the data comes from and how noisy it is."""
 
     source: str = knob("regression", "generator or data set",
-                       choices=("regression", "classification", "preset", "real"))
+                       choices=("regression", "classification", "preset", "real", "linear"))
     target: str = knob("cos", "regression truth f(x)", choices=tuple(datasets.TARGETS))
     shape: str = knob("circle", "classification shape", choices=tuple(datasets.SHAPES))
     name: str = knob("digits", "real data set (source='real')", choices=datasets.REAL_DATASETS)
+    p: int = knob(10, "input dimension of the isotropic linear source", lo=1)
+    r2: float = knob(1.0, "signal |b|^2 of the linear source", lo=0.0)
     n_train: int = knob(30, "training points", lo=1)
     n_val: int = knob(30, "validation points", lo=0)
     n_test: int = knob(500, "test points", lo=0)

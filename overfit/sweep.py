@@ -33,3 +33,30 @@ def unflatten(tree: Any, shape: tuple[int, ...]) -> Any:
 def take(tree: Any, index: Any) -> Any:
     """Gather members ``index`` along the leading axis of every leaf."""
     return jax.tree.map(lambda a: a[np.asarray(index)], tree)
+
+
+def map_members(f: Any, members: Any, *, batch_size: int | None = None) -> Any:
+    """``jit(vmap(f))`` over the leading axis of ``members``, ``batch_size`` at a time.
+
+    Memory grows with ``batch_size``, not with the grid. The batches are
+    separate calls of ONE compiled program (the last batch is padded by
+    repeating its final member, then trimmed), not a loop inside one program:
+    LAPACK calls inside a compiled loop have been seen to stall for minutes on
+    a busy 2-core CPU (ARCHITECTURE.md). ``None`` runs everything at once.
+    """
+    batched = jax.jit(jax.vmap(f))
+    n = jax.tree.leaves(members)[0].shape[0]
+    if batch_size is None or batch_size >= n:
+        return batched(members)
+    outputs = []
+    for start in range(0, n, batch_size):
+        index = np.minimum(np.arange(start, start + batch_size), n - 1)
+        keep = n - start  # the padded tail is dropped
+        outputs.append(jax.tree.map(lambda a, k=keep: a[:k], batched(take(members, index))))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
+def batch_size_for(bytes_per_member: float, n_members: int, *, budget: float = 2**29) -> int | None:
+    """Members per batch so a batch stays within ``budget`` bytes (None: all fit)."""
+    size = max(1, int(budget // max(bytes_per_member, 1)))
+    return None if size >= n_members else size

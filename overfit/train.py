@@ -21,10 +21,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import Array
 
-from overfit._checks import check_choice, check_int, check_range
+from overfit._checks import check_choice, check_int, check_range, is_concrete
 from overfit.data import Dataset
 from overfit.early_stopping import EarlyStopping, StopState, never
 from overfit.models import Model, Params, State
@@ -33,6 +34,7 @@ Loss = Callable[[Array, Array], Array]
 Transform = optax.GradientTransformation
 Optimizer = Transform | Callable[[Mapping[str, Array]], Transform]
 TRAIN_HPARAMS = ("input_noise",)  # knobs the training step itself reads from ``hparams``
+DEFAULT_OPTIMIZER = optax.adam(1e-2)  # one object, so default fits share compiled code
 
 
 def _half_squared(out: Array, y: Array) -> Array:
@@ -243,16 +245,17 @@ class _Trainer(NamedTuple):
             best = _select(stop.best_epoch == check, params, best)
         done = member.stop.stopped
         new = _Member(params, opt_state, best, stop)
-        return _select(done, member, new), tuple(jnp.where(done, jnp.nan, v) for v in values)
+        return _select(done, member, new), tuple(
+            jnp.where(done, jnp.nan, v).astype(jnp.float32) for v in values)
 
     def finish(self, member: _Member, state: State, last: Array, data: Dataset) -> tuple:
         """Pick the returned parameters; convert check counts to 0-based epochs."""
         stopper, every = self.config.stopper, self.config.eval_every
+        stop = jnp.where(member.stop.stopped, member.stop.stop_epoch, last)
+        # without restoring, the returned parameters are those of the last epoch trained
+        params, best = member.params, stop
         if stopper.restore_best:
             params, best = member.best_params, member.stop.best_epoch
-        else:
-            params, best = member.params, last
-        stop = jnp.where(member.stop.stopped, member.stop.stop_epoch, last)
         return (params, (best + 1) * every - 1, (stop + 1) * every - 1,
                 *self.measure(params, state, data.x_test, data.y_test, data.task))
 
@@ -300,7 +303,8 @@ def fit(
         key: PRNG key(s): initialisation, shuffling, dropout and input noise.
         optimizer: an optax transformation, or a function of the member's
             ``hparams`` returning one (to sweep a learning rate or penalty
-            under vmap). Default ``optax.adam(1e-2)``.
+            under vmap). Default ``optax.adam(1e-2)``. Compiled code is cached
+            per optimizer object: reuse one (not a fresh lambda) across calls.
         loss: ``"mse"``, ``"bce"``, ``"ce"`` or ``f(out, y) -> per-example``;
             default from the task (:func:`default_loss`).
         epochs: training budget; one epoch is one pass over the training split.
@@ -331,13 +335,14 @@ def fit(
     _check_task(model, data, loss)
     hparams = dict(hparams or {})
     check_range("input_noise", hparams.get("input_noise", 0.0), lo=0.0)
-    optimizer = optax.adam(1e-2) if optimizer is None else optimizer
+    optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
     if isinstance(optimizer, Transform):
         unknown = sorted(set(hparams) - set(model.hparams) - set(TRAIN_HPARAMS))
         if unknown:
             raise ValueError(f"hparams {unknown} are not knobs of this model "
                              f"(allowed: {list(model.hparams + TRAIN_HPARAMS)}) "
                              "and the optimizer takes none.")
+    _check_model_hparams(model, hparams)
     stopper = never() if early_stopping is None else early_stopping
     if stopper.monitor.endswith(("accuracy", "mse")):
         metric = "accuracy" if data.task == "classification" else "mse"
@@ -351,6 +356,20 @@ def fit(
         axes = None
     config = _Config(model, loss, optimizer, epochs, batch_size, stopper, eval_every, axes)
     return _fit(key, data, hparams, config=config)
+
+
+def _check_model_hparams(model: Model, hparams: Mapping[str, Any]) -> None:
+    """Run the model's own range checks on every concrete per-member value.
+
+    ``init`` checks a Python value but not a traced one, and inside ``fit``
+    every value is traced: check each distinct value here, shapes only.
+    """
+    key = jax.random.key(0)
+    for name in set(hparams) & set(model.hparams):
+        if not is_concrete(hparams[name]):
+            continue
+        for value in np.unique(np.asarray(hparams[name])).tolist():
+            jax.eval_shape(functools.partial(model.init, key, **{name: value}))
 
 
 class _Config(NamedTuple):

@@ -1,0 +1,73 @@
+"""Analytic curves of GROUND_TRUTH.md §1-2, for overlays and tests.
+
+Risks exclude the noise: the test MSE on noisy labels is ``risk + s2``.
+``gamma = p / n`` (parameters per training sample).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from overfit._checks import check_range
+
+
+def fixed_design(p: int, n: int, s2: float = 1.0) -> dict[str, float]:
+    """Least squares with a fixed full-rank design (ESL 7.3-7.4).
+
+    Returns the mean variance of the fitted values ``s2 p/n``, the expected
+    training MSE ``s2 (1 - p/n)``, the expected in-sample test error
+    ``s2 (1 + p/n)`` and the optimism ``2 s2 p/n``.
+    """
+    if not 0 < p <= n:
+        raise ValueError(f"p={p} must lie in [1, n={n}] for a full-rank design.")
+    return {"variance": s2 * p / n, "train": s2 * (1 - p / n), "test": s2 * (1 + p / n),
+            "optimism": 2 * s2 * p / n}
+
+
+def min_norm_risk(p, n: int, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
+    """Exact finite-sample ``E |bhat - b|^2`` of min-norm least squares, x ~ N(0, I_p).
+
+    ``s2 p / (n - p - 1)`` for ``p <= n - 2``; ``r2 (1 - n/p) + s2 n / (p - n - 1)``
+    for ``p >= n + 2`` (inverse-Wishart means, Belkin, Hsu & Xu 2019); infinite
+    for p in {n-1, n, n+1}. ``p`` may be an array.
+    """
+    check_range("r2", r2, lo=0.0)
+    check_range("s2", s2, lo=0.0)
+    p = np.asarray(p, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        under = s2 * p / (n - p - 1)
+        over = r2 * (1 - n / p) + s2 * n / (p - n - 1)
+    return np.where(p <= n - 2, under, np.where(p >= n + 2, over, np.inf))
+
+
+def min_norm_risk_asymptotic(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
+    """Hastie, Montanari, Rosset & Tibshirani's limit of :func:`min_norm_risk`, gamma = p/n.
+
+    ``s2 gamma / (1 - gamma)`` below 1, ``r2 (1 - 1/gamma) + s2 / (gamma - 1)``
+    above, infinite at 1.
+    """
+    g = np.asarray(gamma, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        under = s2 * g / (1 - g)
+        over = r2 * (1 - 1 / g) + s2 / (g - 1)
+    return np.where(g < 1, under, np.where(g > 1, over, np.inf))
+
+
+def optimal_ridge_risk(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
+    """Asymptotic risk of optimally tuned ridge ``(X'X + n l I)^-1 X'y``.
+
+    At ``l* = s2 gamma / r2``: ``R* = s2 gamma m(-l*)`` with
+    ``m(-l) = [sqrt((1 - gamma + l)^2 + 4 gamma l) - (1 - gamma + l)] / (2 gamma l)``.
+    Finite everywhere: optimal tuning removes the double-descent peak.
+    """
+    check_range("r2", r2, lo=0.0, lo_open=True)
+    g = np.asarray(gamma, float)
+    lam = s2 * g / r2
+    a = 1 - g + lam
+    m = (np.sqrt(a**2 + 4 * g * lam) - a) / (2 * g * lam)
+    return s2 * g * m
+
+
+def optimal_ridge_lambda(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
+    """The optimal ridge strength ``l* = s2 gamma / r2`` in the ``n l`` convention."""
+    return s2 * np.asarray(gamma, float) / r2

@@ -1,0 +1,177 @@
+"""Tests of overfit.solve: OLS / ridge / min-norm against NumPy, and the fixed-design
+least-squares facts of GROUND_TRUTH §1 and the lesson's five-point example (§7) through
+the real model + solver path.
+
+Everything runs in float64 (``jax.enable_x64``); Monte-Carlo tolerances are 3 standard
+errors of the estimate.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from overfit.models import mlp, polynomial
+from overfit.solve import fit_linear, solve
+
+KEY = jax.random.key(0)
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _problem(seed: int, n: int, p: int, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, p))
+    y = rng.standard_normal((n,) if k is None else (n, k))
+    return X, y
+
+
+def test_solve_equals_numpy_lstsq_full_rank():
+    for seed, (n, p) in enumerate([(40, 8), (40, 8), (12, 12)]):
+        X, y = _problem(seed, n, p)
+        w = np.asarray(solve(jnp.asarray(X), jnp.asarray(y)))
+        assert w.dtype == np.float64 and w.shape == (p,)
+        want = np.linalg.lstsq(X, y, rcond=None)[0]
+        np.testing.assert_allclose(w, want, rtol=1e-10, atol=1e-10)
+        # the normal equations hold: the residual is orthogonal to the columns
+        np.testing.assert_allclose(X.T @ (X @ w - y), 0.0, atol=1e-10)
+
+
+@pytest.mark.parametrize("n, p", [(40, 8), (8, 40)])
+def test_ridge_equals_closed_form(n, p):
+    X, y = _problem(3, n, p)
+    for lam in (1e-3, 0.1, 2.0):
+        w = np.asarray(solve(jnp.asarray(X), jnp.asarray(y), ridge=lam))
+        want = np.linalg.solve(X.T @ X + n * lam * np.eye(p), X.T @ y)
+        np.testing.assert_allclose(w, want, rtol=1e-10, atol=1e-12)
+        # it minimises (1/2n)|Xw - y|^2 + (lam/2)|w|^2: the gradient vanishes
+        np.testing.assert_allclose(X.T @ (X @ w - y) / n + lam * w, 0.0, atol=1e-12)
+
+
+def test_min_norm_equals_pinv_when_overparameterised():
+    X, y = _problem(4, 8, 40)
+    w = np.asarray(solve(jnp.asarray(X), jnp.asarray(y)))
+    np.testing.assert_allclose(w, np.linalg.pinv(X) @ y, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(X @ w, y, atol=1e-10)  # interpolates
+    # and it is the minimum-norm interpolant: orthogonal to the null space of X
+    null = np.linalg.svd(X)[2][8:]
+    np.testing.assert_allclose(null @ w, 0.0, atol=1e-10)
+
+
+def test_rank_deficient_design_gives_pinv_solution():
+    X, y = _problem(5, 40, 8)
+    X[:, 5] = X[:, 2]  # duplicated column
+    X[:, 7] = 0.0  # a masked (dead) feature
+    w = np.asarray(solve(jnp.asarray(X), jnp.asarray(y)))
+    np.testing.assert_allclose(w, np.linalg.pinv(X) @ y, rtol=1e-9, atol=1e-12)
+    assert w[7] == 0.0 and abs(w[2] - w[5]) < 1e-12
+
+
+def test_multiple_targets():
+    X, Y = _problem(6, 40, 8, k=3)
+    W = np.asarray(solve(jnp.asarray(X), jnp.asarray(Y), ridge=0.05))
+    assert W.shape == (8, 3)
+    for j in range(3):
+        col = np.asarray(solve(jnp.asarray(X), jnp.asarray(Y[:, j]), ridge=0.05))
+        np.testing.assert_allclose(W[:, j], col, rtol=1e-12, atol=1e-14)
+
+
+def test_vmap_over_a_batch_of_problems_equals_the_loop():
+    rng = np.random.default_rng(7)
+    Xs, ys = rng.standard_normal((100, 40, 8)), rng.standard_normal((100, 40))
+    lams = np.linspace(0.0, 1.0, 100)
+    batched = np.asarray(jax.jit(jax.vmap(lambda X, y, lam: solve(X, y, ridge=lam)))(
+        jnp.asarray(Xs), jnp.asarray(ys), jnp.asarray(lams)))
+    for i in range(100):
+        want = np.linalg.solve(Xs[i].T @ Xs[i] + 40 * lams[i] * np.eye(8), Xs[i].T @ ys[i])
+        np.testing.assert_allclose(batched[i], want, rtol=1e-9, atol=1e-12)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="ridge"):
+        solve(jnp.ones((4, 2)), jnp.ones(4), ridge=-1.0)
+    with pytest.raises(ValueError, match="linear in its parameters"):
+        fit_linear(mlp(1, (4,)), {"width": jnp.asarray(4)}, jnp.ones((4, 1)), jnp.ones(4))
+
+
+# ----------------------------------------------------------------------------- GROUND_TRUTH §7
+
+
+def test_lesson_five_points_line_vs_seven_parameters():
+    """Five noisy points of the line 2x + 0.9 and two validation points: the line has
+    train and validation errors of the same order; the 7-parameter (degree-6) min-norm
+    fit passes through all five points and misses the validation points badly."""
+    rng = np.random.default_rng(4)
+    x = np.sort(rng.uniform(0.0, 3.0, 7))
+    idx = rng.permutation(7)
+    tr, va = np.sort(idx[:5]), np.sort(idx[5:])
+    y = 2.0 * x + 0.9 + 0.5 * rng.standard_normal(7)
+    x_tr, y_tr, x_va, y_va = (jnp.asarray(a) for a in (x[tr, None], y[tr], x[va, None], y[va]))
+    model = polynomial(6, domain=(0.0, 3.0))
+
+    @jax.jit  # one compile for both degrees
+    def errors(degree):
+        _, state = model.init(KEY, degree=degree)
+        params = fit_linear(model, state, x_tr, y_tr)
+        mse = [jnp.mean((model.apply(params, state, a) - b) ** 2)
+               for a, b in ((x_tr, y_tr), (x_va, y_va))]
+        return model.n_params(state), model.apply(params, state, x_va), mse
+
+    n_line, pred_line, (train_line, val_line) = errors(1)
+    n_big, _, (train_big, val_big) = errors(6)
+    assert (int(n_line), int(n_big)) == (2, 7)
+    # the masked degree-1 fit is the ordinary least-squares line
+    slope, icpt = np.polyfit(x[tr], y[tr], 1)
+    np.testing.assert_allclose(pred_line, slope * x[va] + icpt, rtol=1e-10)
+    assert train_big < 1e-10
+    assert 0.2 < val_line / train_line < 5.0
+    assert val_big > 10 * val_line and val_big > 10 * train_line
+
+
+# ----------------------------------------------------------------------------- GROUND_TRUTH §1
+
+
+def test_fixed_design_least_squares_moments():
+    """y = f(x) + e on a fixed design, n = 100, degree 9 (p = 10), s2 = 1, f a cubic (no
+    bias): mean Var(yhat_i) = s2 p/n = 0.1, E train MSE = s2(1 - p/n) = 0.9, E in-sample
+    test error = s2(1 + p/n) = 1.1, optimism 2 s2 p/n = 0.2."""
+    n, p, s2, R = 100, 10, 1.0, 2000
+    x = np.linspace(-1.0, 1.0, n)[:, None]
+    f = 0.5 - 2.0 * x[:, 0] + 2.0 * x[:, 0] ** 3
+    rng = np.random.default_rng(11)
+    Y = f + np.sqrt(s2) * rng.standard_normal((R, n))
+    Y_new = f + np.sqrt(s2) * rng.standard_normal((R, n))
+    model = polynomial(p - 1, domain=(-1.0, 1.0))
+    _, state = model.init(KEY)
+    assert int(model.n_params(state)) == p
+    xj = jnp.asarray(x)
+
+    @jax.jit
+    def predictions(Y):
+        return jax.vmap(lambda y: model.apply(fit_linear(model, state, xj, y), state, xj))(Y)
+
+    Yhat = np.asarray(predictions(jnp.asarray(Y)))
+    assert Yhat.dtype == np.float64 and Yhat.shape == (R, n)
+
+    def check(per_draw, expected):
+        est, se = per_draw.mean(), per_draw.std(ddof=1) / np.sqrt(R)
+        assert abs(est - expected) < 3 * se, (est, expected, se)
+        return se
+
+    centred = Yhat - Yhat.mean(axis=0)
+    var_se = check((centred**2).mean(axis=1) * R / (R - 1), s2 * p / n)  # mean_i Var(yhat_i)
+    assert var_se < 0.003  # the check is sharp: 0.1 +- 0.003
+    check(((Y - Yhat) ** 2).mean(axis=1), s2 * (1 - p / n))
+    check(((Y_new - Yhat) ** 2).mean(axis=1), s2 * (1 + p / n))
+    check(((Y_new - Yhat) ** 2 - (Y - Yhat) ** 2).mean(axis=1), 2 * s2 * p / n)
+    # no bias: the mean prediction is the truth (per-point 3-SE band, SE = sqrt(h_ii/R))
+    H = np.asarray(model.features(state, xj))
+    h = np.einsum("ij,ji->i", H, np.linalg.pinv(H))
+    assert np.all(np.abs(Yhat.mean(axis=0) - f) < 4 * np.sqrt(s2 * h / R))
+    np.testing.assert_allclose(h.sum(), p, rtol=1e-10)  # trace of the hat matrix

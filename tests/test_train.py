@@ -1,0 +1,342 @@
+"""Tests of overfit.train: the low-level objective, the fused ``fit`` loop and its history.
+
+Every distinct ``fit`` configuration is an XLA compile (seconds on 2 cores), so the
+tests share a few module-scoped runs: one ``never()`` rule and one optimizer object
+per configuration keep ``fit``'s jit cache warm.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from overfit.data import Dataset
+from overfit.early_stopping import never, patience
+from overfit.models import linear, mlp, polynomial
+from overfit.solve import solve
+from overfit.train import _fit, evaluate, fit, objective
+
+NEVER = never()  # one rule object: fit's compile cache keys on its identity
+
+
+def _dataset(x, y, f, n_train, n_val, task="regression", n_classes=0) -> Dataset:
+    a, b = n_train, n_train + n_val
+    return Dataset(x[:a], y[:a], f[:a], x[a:b], y[a:b], f[a:b], x[b:], y[b:], f[b:],
+                   task=task, n_classes=n_classes)
+
+
+def _sine(seed: int, n_train=40, n_val=10, n_test=10, noise=0.1) -> Dataset:
+    rng = np.random.default_rng(seed)
+    n = n_train + n_val + n_test
+    x = rng.uniform(-1.0, 1.0, (n, 1)).astype(np.float32)
+    f = np.sin(3.0 * x[:, 0]).astype(np.float32)
+    y = (f + noise * rng.standard_normal(n)).astype(np.float32)
+    return _dataset(x, y, f, n_train, n_val)
+
+
+def _blobs(seed: int, n_train=40, n_val=20, n_test=20) -> Dataset:
+    rng = np.random.default_rng(seed)
+    n = n_train + n_val + n_test
+    y = rng.integers(0, 2, n).astype(np.int32)
+    x = (rng.standard_normal((n, 2)) + 1.5 * (2 * y[:, None] - 1)).astype(np.float32)
+    return _dataset(x, y, y, n_train, n_val, task="classification", n_classes=2)
+
+
+def _stack(*datasets: Dataset) -> Dataset:
+    return jax.tree.map(lambda *a: jnp.stack(a), *datasets)
+
+
+def _member(tree, i):
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def _assert_tree_close(a, b, rtol=1e-5, atol=1e-6):
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=rtol, atol=atol), a, b)
+
+
+# ----------------------------------------------------------------------------- low level
+
+
+def test_gradient_descent_demo_of_the_lesson():
+    """f = (x1-3)^2 + (x2+2)^2 from (0, 0), lr 0.1: after k steps x1 = 3(1 - 0.8^k)."""
+    f = lambda w: (w[0] - 3.0) ** 2 + (w[1] + 2.0) ** 2  # noqa: E731
+    grad = jax.jit(jax.grad(f))
+    w = jnp.zeros(2)
+    for k in range(1, 16):
+        w = w - 0.1 * grad(w)
+        np.testing.assert_allclose(w, [3 * (1 - 0.8**k), -2 * (1 - 0.8**k)], rtol=1e-5)
+    np.testing.assert_allclose(w, [2.894446, -1.929631], atol=1e-5)
+
+
+def test_objective_is_half_mse_and_weighted_mean():
+    model = linear(1)
+    params, state = model.init(jax.random.key(0))
+    params = {"coef": jnp.array([2.0, -1.0])}
+    x = jnp.array([[0.0], [1.0], [2.0], [3.0]])
+    y = jnp.array([0.0, 1.0, 1.0, 9.0])  # residuals -1, 0, 2, -4
+    f = objective(model, "mse")
+    np.testing.assert_allclose(f(params, state, x, y), 0.5 * (1 + 0 + 4 + 16) / 4)
+    w = jnp.array([1.0, 1.0, 0.0, 0.0])  # padding weights drop the last two examples
+    np.testing.assert_allclose(f(params, state, x, y, weight=w), 0.5 * 1 / 2)
+    g = jax.grad(f)(params, state, x, y)["coef"]  # gradient of half-MSE: mean residual * phi
+    np.testing.assert_allclose(g, [(0 * -1 + 1 * 0 + 2 * 2 + 3 * -4) / 4, (-1 + 0 + 2 - 4) / 4])
+
+
+# ----------------------------------------------------------------------------- shared fits
+
+MLP = mlp(1, (8,))  # one hidden layer: each extra layer costs seconds of compile
+MLP_OPT = optax.adam(1e-2)
+MLP_KW = dict(optimizer=MLP_OPT, epochs=4, batch_size=16, early_stopping=NEVER)
+MLP_WIDTH = (3, 5, 8)
+
+POLY = polynomial(10, domain=(-1.0, 1.0))
+POLY_OPT = optax.adam(5e-2)
+POLY_KW = dict(optimizer=POLY_OPT, epochs=30, early_stopping=NEVER)
+POLY_DEGREES = (3, 7, 10)
+
+
+def _hand_written_fit(key, data, width, epochs=4, bs=16):
+    """fit() by hand with the low-level pieces (init, objective, jax.grad, optax) and fit's
+    key derivation: minibatches of ``bs`` reshuffled every epoch, the last one padded with
+    weight-0 entries, one key per step."""
+    n = data.x_train.shape[0]
+    x, y = np.asarray(data.x_train), np.asarray(data.y_train)
+    k_init, k_train = jax.random.split(key)
+    params, state = MLP.init(k_init, width=width)
+    init = params
+    opt_state = MLP_OPT.init(params)
+    n_batches = -(-n // bs)
+    train_loss = []
+    for epoch in range(epochs):
+        k_perm, k_steps = jax.random.split(jax.random.fold_in(k_train, epoch))
+        perm = np.asarray(jax.random.permutation(k_perm, n))
+        idx = np.concatenate([perm, perm[: n_batches * bs - n]]).reshape(n_batches, bs)
+        weight = (np.arange(n_batches * bs) < n).reshape(n_batches, bs).astype(np.float32)
+        for b, kb in enumerate(jax.random.split(k_steps, n_batches)):
+            params, opt_state = _mlp_step(params, opt_state, state, kb, x[idx[b]], y[idx[b]],
+                                          weight[b])
+        train_loss.append(float(_mlp_loss(params, state, x, y)))
+    return init, params, train_loss
+
+
+_mlp_loss = jax.jit(objective(MLP, "mse"))
+
+
+@jax.jit
+def _mlp_step(params, opt_state, state, key, xb, yb, wb):
+    k_drop, _ = jax.random.split(key)  # the other half would draw input noise
+    grads = jax.grad(objective(MLP, "mse"))(params, state, xb, yb, k_drop, wb)
+    updates, opt_state = MLP_OPT.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+@pytest.fixture(scope="module")
+def mlp_runs():
+    """Three MLP members (own data, width and key) in one fit call, and the same three
+    trained one by one with a hand-written loop."""
+    keys = jax.random.split(jax.random.key(42), 3)
+    datas = [_sine(s) for s in range(3)]
+    batch = fit(MLP, _stack(*datas), key=keys, hparams={"width": jnp.array(MLP_WIDTH)}, **MLP_KW)
+    by_hand = [_hand_written_fit(keys[i], datas[i], MLP_WIDTH[i]) for i in range(3)]
+    return batch, by_hand
+
+
+@pytest.fixture(scope="module")
+def poly_runs():
+    """A degree sweep on shared data: one vmapped call, and one by one."""
+    data = _sine(7, n_train=20, n_val=20, n_test=20, noise=0.2)
+    keys = jax.random.split(jax.random.key(1), 3)
+    batch = fit(POLY, data, key=keys, hparams={"degree": jnp.array(POLY_DEGREES)}, **POLY_KW)
+    singles = [fit(POLY, data, key=keys[i], hparams={"degree": d}, **POLY_KW)
+               for i, d in enumerate(POLY_DEGREES)]
+    return data, batch, singles
+
+
+def test_vmapped_mlp_members_equal_hand_written_loops(mlp_runs):
+    """Low level == high level, and a vmapped batch (per-member data, width and key) ==
+    the members trained one by one: an MLP on minibatches of 16, reshuffled per epoch."""
+    batch, by_hand = mlp_runs
+    assert batch.history.train_loss.shape == (3, 4)
+    np.testing.assert_array_equal(batch.state["width"], MLP_WIDTH)
+    np.testing.assert_array_equal(batch.best_epoch, 3)
+    np.testing.assert_array_equal(batch.stop_epoch, 3)
+    for i, (init, params, train_loss) in enumerate(by_hand):
+        trained = _member(batch.params, i)
+        _assert_tree_close(trained, params, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(batch.history.train_loss[i], train_loss, rtol=1e-5)
+        # masked units get zero gradient, so Adam leaves them at their init (recomputed
+        # here outside jit: equal to rounding), while every live weight moves
+        w = MLP_WIDTH[i]
+        for a, b in ((trained[0]["w"][:, w:], init[0]["w"][:, w:]),
+                     (trained[1]["w"][w:], init[1]["w"][w:])):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        assert np.all(trained[0]["b"][w:] == 0.0)
+        assert np.abs(trained[1]["w"][:w] - init[1]["w"][:w]).min() > 1e-3
+
+
+def test_vmapped_degrees_equal_one_by_one(poly_runs):
+    data, batch, singles = poly_runs
+    np.testing.assert_array_equal(batch.state["degree"], POLY_DEGREES)
+    for i, single in enumerate(singles):
+        _assert_tree_close(_member(batch.params, i), single.params, rtol=1e-4, atol=1e-6)
+        _assert_tree_close(_member(batch.history, i), single.history, rtol=1e-4)
+        assert single.history.val_loss.shape == (30,) and single.best_epoch.shape == ()
+
+
+def test_capacity_masking_survives_adam(poly_runs):
+    """degree=3 of a max-degree-10 polynomial: coefficients 4..10 stay exactly 0."""
+    _, batch, singles = poly_runs
+    coef = np.asarray(batch.params["coef"])
+    for i, d in enumerate(POLY_DEGREES):
+        assert np.all(coef[i, d + 1:] == 0.0)
+        assert np.all(coef[i, : d + 1] != 0.0)
+    assert np.all(np.asarray(singles[0].params["coef"])[4:] == 0.0)
+
+
+def test_fit_rejects_out_of_range_capacity(poly_runs):
+    data, _, _ = poly_runs
+    keys = jax.random.split(jax.random.key(1), 3)
+    # same shapes and configuration as poly_runs: no new compile
+    with pytest.raises(ValueError, match="degree"):
+        fit(POLY, data, key=keys[0], hparams={"degree": 99}, **POLY_KW)
+    with pytest.raises(ValueError, match="degree"):
+        fit(POLY, data, key=keys, hparams={"degree": jnp.array([3, 99, 10])}, **POLY_KW)
+
+
+def test_history_of_a_regression_fit(poly_runs):
+    data, batch, _ = poly_runs
+    h = batch.history
+    for curve in h:
+        assert curve.shape == (3, 30) and np.all(np.isfinite(curve))
+    # "mse" is half the mean squared error; the metric is the plain MSE
+    np.testing.assert_allclose(h.train_metric, 2 * h.train_loss, rtol=1e-5)
+    np.testing.assert_allclose(h.val_metric, 2 * h.val_loss, rtol=1e-5)
+    # a learnable problem: the training loss falls well below its starting value
+    assert np.all(h.train_loss[:, -1] < 0.2 * h.train_loss[:, 0])
+    # more capacity fits the training set at least as well
+    assert h.train_loss[0, -1] > h.train_loss[2, -1]
+    np.testing.assert_array_equal(batch.best_epoch, 29)
+    np.testing.assert_array_equal(batch.stop_epoch, 29)
+    np.testing.assert_array_equal(batch.epochs, np.arange(1, 31))
+    assert batch.metric == "mse"
+    # test_loss / test_metric, and the last history entry, are evaluate() of the params
+    members = jax.jit(jax.vmap(lambda p, s, x, y: (*evaluate(POLY, p, s, x, y),
+                                                   POLY.apply(p, s, x)),
+                               in_axes=(0, 0, None, None)))
+    loss, mse, pred = members(batch.params, batch.state, data.x_test, data.y_test)
+    np.testing.assert_allclose(batch.test_loss, loss, rtol=1e-5)
+    np.testing.assert_allclose(batch.test_metric, mse, rtol=1e-5)
+    np.testing.assert_allclose(mse, np.mean((pred - data.y_test) ** 2, axis=1), rtol=1e-5)
+    loss, mse, _ = members(batch.params, batch.state, data.x_val, data.y_val)
+    np.testing.assert_allclose(h.val_loss[:, -1], loss, rtol=1e-5)
+    np.testing.assert_allclose(h.val_metric[:, -1], mse, rtol=1e-5)
+
+
+def test_history_of_a_classification_fit_with_eval_every():
+    data = _blobs(3)
+    model = linear(2)
+    keys = jax.random.split(jax.random.key(5), 2)
+    res = fit(model, data, key=keys, optimizer=optax.adam(0.1), epochs=10, eval_every=2,
+              early_stopping=NEVER)
+    assert res.metric == "accuracy"
+    for curve in res.history:
+        assert curve.shape == (2, 5) and np.all(np.isfinite(curve))
+    np.testing.assert_array_equal(res.epochs, [2, 4, 6, 8, 10])
+    np.testing.assert_array_equal(res.stop_epoch, [9, 9])
+    acc = np.concatenate([res.history.train_metric, res.history.val_metric])
+    assert np.all((acc >= 0) & (acc <= 1))
+    assert np.all(res.history.train_metric[:, -1] > 0.85)  # blobs 3 sd apart
+    for i in range(2):
+        coef = np.asarray(res.params["coef"][i])
+        logits = np.asarray(data.x_test) @ coef[:2] + coef[2]
+        y = np.asarray(data.y_test)
+        np.testing.assert_allclose(res.test_metric[i], np.mean((logits > 0) == y), rtol=1e-6)
+        bce = np.mean(np.logaddexp(0, logits) - y * logits)
+        np.testing.assert_allclose(res.test_loss[i], bce, rtol=1e-5)
+        logits = np.asarray(data.x_train) @ coef[:2] + coef[2]
+        np.testing.assert_allclose(res.history.train_metric[i, -1],
+                                   np.mean((logits > 0) == np.asarray(data.y_train)), rtol=1e-6)
+
+
+def test_full_batch_gd_with_l2_converges_to_ridge():
+    """GROUND_TRUTH §5: GD on (1/2n)|Xw - y|^2 + (lam/2)|w|^2 -> (X'X + n lam I)^-1 X'y.
+    add_decayed_weights(lam) + sgd is that GD (the "mse" loss is half the MSE); one
+    compiled call sweeps lam through a callable optimizer."""
+    rng = np.random.default_rng(0)
+    n = 64
+    x = rng.standard_normal((n, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5]) + 0.3 + 0.5 * rng.standard_normal(n)).astype(np.float32)
+    data = _dataset(np.concatenate([x, x[:8]]), np.concatenate([y, y[:8]]),
+                    np.concatenate([y, y[:8]]), n, 4)
+    model = linear(3)
+    lams = np.array([0.0, 0.1, 1.0], np.float32)
+    res = fit(model, data, key=jax.random.split(jax.random.key(0), 3),
+              optimizer=lambda hp: optax.chain(optax.add_decayed_weights(hp["lam"]),
+                                               optax.sgd(0.5)),
+              hparams={"lam": jnp.asarray(lams)}, loss="mse", epochs=100, early_stopping=NEVER)
+    phi = np.concatenate([x, np.ones((n, 1), np.float32)], axis=1)
+    for i, lam in enumerate(lams):
+        want = np.asarray(solve(jnp.asarray(phi), jnp.asarray(y), ridge=float(lam)))
+        closed = np.linalg.solve(phi.T @ phi / n + lam * np.eye(4), phi.T @ y / n)
+        np.testing.assert_allclose(want, closed, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(res.params["coef"][i], want, rtol=1e-4, atol=1e-5)
+    # the penalty shrinks: |w| falls with lam
+    norms = np.linalg.norm(np.asarray(res.params["coef"]), axis=1)
+    assert norms[0] > norms[1] > norms[2]
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.fixture(scope="module")
+def reg_data():
+    return _sine(0)
+
+
+@pytest.fixture(scope="module")
+def cls_data():
+    return _blobs(0)
+
+
+def test_wrong_loss_for_the_task(reg_data, cls_data):
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="classification"):
+        fit(linear(1, n_out=2), reg_data, key=key, loss="ce")
+    with pytest.raises(ValueError, match="classification"):
+        fit(linear(1), reg_data, key=key, loss="bce")
+    with pytest.raises(ValueError, match="bce.*n_out=3"):
+        fit(linear(2, n_out=3), cls_data, key=key, loss="bce")
+    with pytest.raises(ValueError, match="n_out == n_classes"):
+        fit(linear(2, n_out=3), cls_data, key=key, loss="ce")
+    with pytest.raises(ValueError, match="loss='mae'.*Did you mean 'mse'"):
+        fit(linear(1), reg_data, key=key, loss="mae")
+
+
+def test_bad_fit_arguments(reg_data):
+    key, model = jax.random.key(0), polynomial(3)
+    with pytest.raises(ValueError, match="epochs"):
+        fit(model, reg_data, key=key, epochs=0)
+    with pytest.raises(ValueError, match="eval_every=3 must divide epochs=10"):
+        fit(model, reg_data, key=key, epochs=10, eval_every=3)
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(model, reg_data, key=key, batch_size=0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        fit(model, reg_data, key=key, optimizer=optax.sgd(0.1), hparams={"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="input_noise"):
+        fit(model, reg_data, key=key, hparams={"input_noise": -1.0})
+    with pytest.raises(ValueError, match="val_accuracy"):
+        fit(model, reg_data, key=key, early_stopping=patience(monitor="val_accuracy"))
+
+
+# ----------------------------------------------------------------------------- compile cache
+
+
+def test_fit_compiles_once_for_repeated_default_calls(reg_data):
+    model = linear(1)
+    before = _fit._cache_size()
+    fit(model, reg_data, key=jax.random.key(0), epochs=1)
+    fit(model, reg_data, key=jax.random.key(1), epochs=1)
+    assert _fit._cache_size() - before == 1
