@@ -57,10 +57,34 @@ def environment() -> dict[str, str]:
     for name in ("jax", "jaxlib", "optax", "numpy", "sklearn", "torch"):
         mod = optional_import(name)
         info[name] = getattr(mod, "__version__", "?") if mod else "not installed"
+    info["load"] = cpu_load()
     jax = optional_import("jax")
     if jax is not None:
         info["jax devices"] = ", ".join(str(d) for d in jax.devices())
     return info
+
+
+def cpu_load() -> str:
+    """1-minute load average and CPU pressure: other work on the machine skews timings."""
+    parts = []
+    try:
+        with open("/proc/loadavg") as f:
+            parts.append("loadavg(1 min) " + f.read().split()[0])
+    except OSError:
+        pass
+    pressure = cpu_pressure()
+    if pressure is not None:
+        parts.append(f"cpu pressure(10 s) {pressure:g}%")
+    return ", ".join(parts) or "unknown"
+
+
+def cpu_pressure() -> float | None:
+    """Share of the last 10 s in which runnable tasks waited for a CPU (Linux PSI), in %."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return float(f.readline().split()[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

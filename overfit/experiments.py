@@ -572,79 +572,74 @@ def _signal_on_first(data: datasets.Dataset, n_inputs: jax.Array, key: jax.Array
     return dataclasses.replace(data, **splits), b
 
 
-def _risks(model, result, data, coef_truth=None) -> dict[str, np.ndarray]:
-    """Test risk (against f, or |bhat - b|^2 when b is known), train MSE and |coef|^2."""
-    with jax.enable_x64(True):
-        data = _float64(data)
+def _min_norm_member(model: models.Model, isotropic: bool, r2: float) -> Callable:
+    """One member of a double-descent grid: fit, then test risk, train MSE, |coef|^2.
 
-        def one(params, state, d, b):
-            fitted = model.apply(params, state, d.x_train)
-            if b is None:  # no known coefficients: the risk against f on the test split
-                risk = jnp.mean((model.apply(params, state, d.x_test) - d.f_test) ** 2)
-            else:
-                risk = jnp.sum((params["coef"] - b) ** 2)
-            return {"test_risk": risk, "train_mse": jnp.mean((fitted - d.y_train) ** 2),
-                    "coef_norm2": jnp.sum(params["coef"] ** 2)}
+    With the isotropic source the signal is put on the first ``value``
+    inputs and the risk is exactly ``|bhat - b|^2``; otherwise it is the test
+    MSE against the noiseless truth f.
+    """
 
-        if coef_truth is None:
-            coef_truth = jnp.zeros(jax.tree.leaves(result.state)[0].shape[:1])
+    def one(member, d):
+        key, value, lam, coef_key = member
+        b = None
+        if isotropic:
+            d, b = _signal_on_first(d, value, coef_key, r2)
+        params, state = model.init(key, **{model.capacity: value})
+        params = fit_linear(model, state, d.x_train, d.y_train, ridge=lam)
+        if b is None:
+            risk = jnp.mean((model.apply(params, state, d.x_test) - d.f_test) ** 2)
+        else:
+            risk = jnp.sum((params["coef"] - b) ** 2)
+        fitted = model.apply(params, state, d.x_train)
+        return {"test_risk": risk, "train_mse": jnp.mean((fitted - d.y_train) ** 2),
+                "coef_norm2": jnp.sum(params["coef"] ** 2)}
 
-        def member(m, d):
-            params, state, b = m
-            return one(params, state, d, b if b.ndim else None)
-
-        out = _per_member(data, (result.params, result.state, coef_truth), member,
-                          width=_width(model))
-        return {k: np.asarray(v) for k, v in out.items()}
+    return one
 
 
 def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
     """Min-norm risk through the interpolation threshold, model-wise or sample-wise.
 
     ``sweep.capacity`` sweeps the parameters P (features N, or inputs p) at
-    fixed n; ``sweep.n_train`` sweeps n at fixed P ("more data can hurt"). With
-    the isotropic linear source and model the exact finite-sample and the
-    asymptotic theory are overlaid; ``sweep.l2 = [...]`` adds ridge curves.
+    fixed n in one batched call; ``sweep.n_train`` sweeps n at fixed P ("more
+    data can hurt"), one compile per n. With the isotropic linear source and
+    model the exact finite-sample and asymptotic theory are overlaid;
+    ``sweep.l2`` adds ridge curves (a grid axis of the same call).
     """
     if scenario.train.method != "closed_form":
         raise ValueError("kind='double_descent' needs train.method='closed_form' (min-norm).")
     sample_wise = bool(scenario.sweep.n_train)
     values = scenario.sweep.n_train if sample_wise else _require(scenario, "capacity")
     key_data, key_model, key_coef = jax.random.split(jax.random.key(scenario.seed), 3)
-    n_sets = scenario.sweep.seeds
+    n_sets, ridges = scenario.sweep.seeds, [0.0, *scenario.sweep.l2]
     isotropic = scenario.data.source == "linear" and scenario.model.kind == "linear"
-    curves, rows = {}, []
-    ridges = [0.0, *scenario.sweep.l2]
-    for lam in ridges:
-        label = "min-norm" if lam == 0 else f"ridge lambda={lam:g}"
-        per_value = []
-        for n_train, chunk in (((v, [None]) for v in values) if sample_wise
-                               else [(scenario.data.n_train, values)]):
-            variant = dataclasses.replace(scenario, data=dataclasses.replace(
-                scenario.data, n_train=n_train))
-            data = draw(variant, key_data, n_sets)
-            model = build_model(variant, data)
-            # sample-wise: the model at its full capacity
-            caps = [model.init(key_model)[1][model.capacity]] if chunk == [None] else chunk
-            flat, _ = grid(value=[int(c) for c in caps], seed=range(n_sets))
-            member = member_data(data, len(flat["seed"]), n_sets, flat["seed"])
-            b = None
-            if isotropic:
-                coef_keys = jax.random.split(key_coef, len(flat["seed"]))
-                member, b = jax.vmap(_signal_on_first, in_axes=(0, 0, 0, None))(
-                    member, jnp.asarray(flat["value"]), coef_keys, scenario.data.r2)
-            hp = {model.capacity: flat["value"], "l2": np.full(len(flat["value"]), lam)}
-            result = _solve_grid(model, member, hp, jax.random.split(key_model, len(hp["l2"])),
-                                 lam)
-            per_value.append(_risks(model, result, member, b))
-        risks = {k: np.concatenate([r[k] for r in per_value]).reshape(len(values), n_sets)
-                 for k in per_value[0]}
-        curves[label] = risks
-        for i, v in enumerate(values):
-            for s_ in range(n_sets):
-                rows.append({"regularization": label,
-                             ("n_train" if sample_wise else model.capacity): v, "seed": s_,
-                             **{k: float(a[i, s_]) for k, a in risks.items()}})
+    column = "n_train"
+    parts = []
+    for n_train in (values if sample_wise else [scenario.data.n_train]):
+        variant = dataclasses.replace(scenario, data=dataclasses.replace(
+            scenario.data, n_train=n_train))
+        data = draw(variant, key_data, n_sets)
+        model = build_model(variant, data)
+        # sample-wise: the model at its full capacity
+        caps = [int(model.init(key_model)[1][model.capacity])] if sample_wise else values
+        column = column if sample_wise else model.capacity
+        flat, _ = grid(l2=ridges, value=caps, seed=range(n_sets))
+        m = len(flat["seed"])
+        members = (jax.random.split(key_model, m), jnp.asarray(flat["value"]),
+                   jnp.asarray(flat["l2"]), jax.random.split(key_coef, m))
+        with jax.enable_x64(True):
+            out = _per_member(_float64(member_data(data, m, n_sets, flat["seed"])), members,
+                              _min_norm_member(model, isotropic, scenario.data.r2),
+                              width=_width(model))
+        parts.append({k: np.asarray(v).reshape(len(ridges), len(caps), n_sets)
+                      for k, v in out.items()})
+    risks = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+    labels = ["min-norm" if lam == 0 else f"ridge lambda={lam:g}" for lam in ridges]
+    curves = {label: {k: v[r] for k, v in risks.items()} for r, label in enumerate(labels)}
+    rows = [{"regularization": label, column: v, "seed": s_,
+             **{k: float(a[i, s_]) for k, a in curves[label].items()}}
+            for label in labels for i, v in enumerate(values) for s_ in range(n_sets)]
     return rows, {"double_descent": _double_descent_figure(scenario, values, curves,
                                                            sample_wise, isotropic)}
 

@@ -140,6 +140,17 @@ def objective(model: Model, loss: str | Loss = "mse") -> Callable[..., Array]:
     return f
 
 
+def _scores(out: Array, y: Array, loss: str | Loss, task: str) -> tuple[Array, Array]:
+    """``(loss, metric)`` of model outputs ``out`` against ``y``; NaN on an empty split."""
+    if not y.shape[0]:
+        return jnp.asarray(jnp.nan), jnp.asarray(jnp.nan)
+    value = jnp.mean((LOSSES[loss] if isinstance(loss, str) else loss)(out, y))
+    if task == "classification":
+        pred = out > 0 if out.ndim == 1 else jnp.argmax(out, axis=-1)
+        return value, jnp.mean(pred == y)
+    return value, jnp.mean((out - y) ** 2)
+
+
 def evaluate(model: Model, params: Params, state: State, x: Array, y: Array,
              *, loss: str | Loss = "mse", task: str = "regression") -> tuple[Array, Array]:
     """``(loss, metric)`` of one model on ``(x, y)`` in evaluation mode.
@@ -147,14 +158,7 @@ def evaluate(model: Model, params: Params, state: State, x: Array, y: Array,
     The metric is the accuracy for classification, the mean squared error for
     regression. An empty split gives NaN.
     """
-    out = model.apply(params, state, x)
-    value = objective(model, loss)(params, state, x, y) if y.shape[0] else jnp.nan
-    if task == "classification":
-        pred = out > 0 if out.ndim == 1 else jnp.argmax(out, axis=-1)
-        metric = jnp.mean(pred == y)
-    else:
-        metric = jnp.mean((out - y) ** 2)
-    return value, metric
+    return _scores(model.apply(params, state, x), y, loss, task)
 
 
 class _Member(NamedTuple):
@@ -162,7 +166,7 @@ class _Member(NamedTuple):
 
     params: Params
     opt_state: Any
-    best_params: Params
+    best_params: Params | None  # only tracked when the rule restores the best
     stop: StopState
 
 
@@ -193,7 +197,8 @@ class _Trainer(NamedTuple):
         model = self.config.model
         params, state = model.init(key, **{k: v for k, v in hparams.items() if k in model.hparams})
         opt_state = self.optimizer(hparams).init(params)
-        return _Member(params, opt_state, params, self.config.stopper.init()), state
+        best = params if self.config.stopper.restore_best else None
+        return _Member(params, opt_state, best, self.config.stopper.init()), state
 
     def step(self, params, opt_state, state, key, x, y, weight, hparams):
         k_drop, k_noise = jax.random.split(key)
@@ -234,10 +239,16 @@ class _Trainer(NamedTuple):
             key_e = jax.random.fold_in(key, check * every + e)
             return self.train_epoch(*carry, state, key_e, data, hparams)
 
-        params, opt_state = jax.lax.fori_loop(0, every, one, (member.params, member.opt_state))
-        tr = self.measure(params, state, data.x_train, data.y_train, data.task)
-        va = self.measure(params, state, data.x_val, data.y_val, data.task)
-        values = (tr[0], va[0], tr[1], va[1])
+        carry = (member.params, member.opt_state)
+        params, opt_state = one(0, carry) if every == 1 else jax.lax.fori_loop(0, every, one, carry)
+        # one forward pass over train and validation points together
+        n = data.x_train.shape[0]
+        out = self.config.model.apply(params, state, jnp.concatenate([data.x_train, data.x_val]))
+        tr = _scores(out[:n], data.y_train, self.config.loss, data.task)
+        va = _scores(out[n:], data.y_val, self.config.loss, data.task)
+        values = tuple(jnp.asarray(v, jnp.float32) for v in (tr[0], va[0], tr[1], va[1]))
+        if stopper is never():  # nothing can stop: no masking, no copies of the parameters
+            return _Member(params, opt_state, None, member.stop), values
         stop = stopper.update(member.stop, check, _monitored(stopper.monitor, values),
                               _monitored(stopper.monitor.replace("val_", "train_"), values))
         best = member.best_params
@@ -245,8 +256,7 @@ class _Trainer(NamedTuple):
             best = _select(stop.best_epoch == check, params, best)
         done = member.stop.stopped
         new = _Member(params, opt_state, best, stop)
-        return _select(done, member, new), tuple(
-            jnp.where(done, jnp.nan, v).astype(jnp.float32) for v in values)
+        return _select(done, member, new), tuple(jnp.where(done, jnp.nan, v) for v in values)
 
     def finish(self, member: _Member, state: State, last: Array, data: Dataset) -> tuple:
         """Pick the returned parameters; convert check counts to 0-based epochs."""
@@ -318,8 +328,8 @@ def fit(
         early_stopping: a rule from :mod:`overfit.early_stopping`, or None.
             It is checked at every evaluation, so ``patience`` counts evaluations.
         eval_every: epochs between evaluations of the train / validation loss
-            and metric (each costs about half a training step); must divide
-            ``epochs``.
+            and metric (one forward pass over both splits, about half to one
+            full-batch training step); must divide ``epochs``.
 
     Returns:
         A :class:`FitResult`; with ``M`` members every leaf has a leading ``M``
