@@ -28,6 +28,18 @@ def _axes(ax: plt.Axes | None) -> plt.Axes:
     return plt.subplots(figsize=(5.5, 4))[1] if ax is None else ax
 
 
+def _finish(display: Any, ax: plt.Axes, *, xlabel: str = "", ylabel: str = "",
+            title: str | None = None) -> Any:
+    """Label the axes, add the legend, store ``ax_``/``figure_``; return the display."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(frameon=False, fontsize="small")
+    display.ax_, display.figure_ = ax, ax.figure
+    return display
+
+
 def _wide(x: np.ndarray) -> bool:
     """scikit-learn's rule: log x when positive values span a ratio above 5."""
     x = np.asarray(x, float)
@@ -148,13 +160,7 @@ class CurveDisplay:
             ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
-        ax.set_xlabel(self.xlabel)
-        ax.set_ylabel(self.ylabel)
-        if self.title:
-            ax.set_title(self.title)
-        ax.legend(frameon=False, fontsize="small")
-        self.ax_, self.figure_ = ax, ax.figure
-        return self
+        return _finish(self, ax, xlabel=self.xlabel, ylabel=self.ylabel, title=self.title)
 
     @classmethod
     def from_fit(cls, result: FitResult, *, quantity: str = "loss", **kwargs: Any) -> CurveDisplay:
@@ -216,13 +222,7 @@ class FitDisplay:
             pad = 0.6 * max(np.ptp(ys), 1e-9)
             ylim = (ys.min() - pad, ys.max() + pad)
         ax.set_ylim(*ylim)
-        ax.set_xlabel("x")
-        ax.set_ylabel("y")
-        if self.title:
-            ax.set_title(self.title)
-        ax.legend(frameon=False, fontsize="small")
-        self.ax_, self.figure_ = ax, ax.figure
-        return self
+        return _finish(self, ax, xlabel="x", ylabel="y", title=self.title)
 
 
 class ComparisonDisplay:
@@ -254,12 +254,7 @@ class ComparisonDisplay:
         ax.set_xticks(pos, self.names, rotation=20, ha="right")
         if logy:
             ax.set_yscale("log")
-        ax.set_ylabel(self.ylabel)
-        if self.title:
-            ax.set_title(self.title)
-        ax.legend(frameon=False, fontsize="small")
-        self.ax_, self.figure_ = ax, ax.figure
-        return self
+        return _finish(self, ax, ylabel=self.ylabel, title=self.title)
 
 
 class HistogramDisplay:
@@ -276,13 +271,7 @@ class HistogramDisplay:
         edges = np.histogram_bin_edges(every[np.isfinite(every)], bins=bins)
         self.patches_ = {k: ax.hist(v, bins=edges, alpha=0.6, label=k)[2]
                          for k, v in self.samples.items()}
-        ax.set_xlabel(self.xlabel)
-        ax.set_ylabel("count")
-        if self.title:
-            ax.set_title(self.title)
-        ax.legend(frameon=False, fontsize="small")
-        self.ax_, self.figure_ = ax, ax.figure
-        return self
+        return _finish(self, ax, xlabel=self.xlabel, ylabel="count", title=self.title)
 
 
 def panels(n: int, *, ncols: int | None = None, size: tuple[float, float] = (5.0, 4.0),

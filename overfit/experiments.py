@@ -121,13 +121,19 @@ class Solved(NamedTuple):
     state: Any
 
 
+def draw_indices(data: datasets.Dataset, n_members: int, n_draws: int,
+                 draw_index: np.ndarray | None = None) -> np.ndarray | None:
+    """Which data draw each member uses (default ``m % n_draws``); None for a fixed set."""
+    if data.x_train.ndim != 3:
+        return None
+    return np.arange(n_members) % n_draws if draw_index is None else np.asarray(draw_index)
+
+
 def member_data(data: datasets.Dataset, n_members: int, n_draws: int,
                 draw_index: np.ndarray | None = None) -> datasets.Dataset:
-    """Each member's data set: draw ``draw_index[m]`` (default ``m % n_draws``) of ``data``."""
-    if data.x_train.ndim != 3:
-        return data  # a fixed data set, shared by every member
-    index = np.arange(n_members) % n_draws if draw_index is None else draw_index
-    return take(data, index)
+    """Each member's own copy of its data draw (what a vmapped ``fit`` takes)."""
+    index = draw_indices(data, n_members, n_draws, draw_index)
+    return data if index is None else take(data, index)
 
 
 def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
@@ -143,10 +149,11 @@ def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
     """
     t, n_seeds = scenario.train, scenario.sweep.seeds
     n_members = len(next(iter(hparams.values()))) if hparams else n_seeds
-    data = member_data(data, n_members, n_seeds, draw_index)
     keys = jax.random.split(key, n_members)
     if t.method == "closed_form":
-        return _solve_grid(model, data, hparams, keys, t.l2)
+        index = draw_indices(data, n_members, n_seeds, draw_index)
+        return _solve_grid(model, data, hparams, keys, t.l2, index)
+    data = member_data(data, n_members, n_seeds, draw_index)
     hparams = dict(hparams)
     if t.input_noise:
         hparams["input_noise"] = t.input_noise
@@ -175,20 +182,27 @@ def _float64(tree: Any) -> Any:
                         tree)
 
 
-def _per_member(data: datasets.Dataset, members: Any, f: Callable, *, width: int) -> Any:
-    """``f(member, member's data)`` for every member, in memory-bounded batches.
+def _per_member(data: datasets.Dataset, members: Any, f: Callable, *, width: int,
+                draw_index: np.ndarray | None = None) -> Any:
+    """``f(member, its data set)`` for every member, in memory-bounded batches.
 
-    ``data`` is per member (leading axis) or shared. Design matrices of
-    ``width`` columns dominate memory: batches keep them, and an SVD's
-    workspace, within half a GiB (``sweep.batch_size_for``).
+    ``data`` is one shared data set, or a batch of draws that member ``m``
+    indexes with ``draw_index[m]`` inside the compiled program (so no per-member
+    copies are made). Design matrices of ``width`` columns dominate memory:
+    batches keep them, and an SVD's workspace, within half a GiB.
     """
-    batched = data.x_train.ndim == 3
     n_members = jax.tree.leaves(members)[0].shape[0]
     n_points = sum(a.shape[-2] for a in (data.x_train, data.x_val, data.x_test))
     size = batch_size_for(8 * 6 * n_points * width, n_members)
-    if batched:
-        return map_members(lambda m: f(*m), (members, data), batch_size=size)
-    return map_members(lambda m: f(m, data), members, batch_size=size)
+    if draw_index is None:
+        return map_members(f, members, shared=data, batch_size=size)
+
+    def indexed(member, draws):
+        m, i = member
+        return f(m, jax.tree.map(lambda a: a[i], draws))
+
+    return map_members(indexed, (members, jnp.asarray(draw_index)), shared=data,
+                       batch_size=size)
 
 
 def _width(model: models.Model) -> int:
@@ -197,7 +211,7 @@ def _width(model: models.Model) -> int:
     return max(max(a.shape, default=1) for a in jax.tree.leaves(shapes))
 
 
-def _solve_grid(model, data, hparams, keys, ridge) -> Solved:
+def _solve_grid(model, data, hparams, keys, ridge, draw_index=None) -> Solved:
     """Closed-form fits of every member, as batched SVDs in float64."""
 
     def one(member, d):
@@ -206,14 +220,15 @@ def _solve_grid(model, data, hparams, keys, ridge) -> Solved:
         return fit_linear(model, state, d.x_train, d.y_train, ridge=hp.get("l2", ridge)), state
 
     with jax.enable_x64(True):
-        return Solved(*_per_member(_float64(data), (keys, hparams), one, width=_width(model)))
+        return Solved(*_per_member(_float64(data), (keys, hparams), one, width=_width(model),
+                                   draw_index=draw_index))
 
 
 def grid_scores(scenario: Scenario, model: models.Model, result, data,
                 draw_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-member metrics ``(M,)`` of a ``train_grid`` result (closed form or trained)."""
     n = jax.tree.leaves(result.params)[0].shape[0]
-    data = member_data(data, n, scenario.sweep.seeds, draw_index)
+    draw_index = draw_indices(data, n, scenario.sweep.seeds, draw_index)
     with jax.enable_x64(isinstance(result, Solved)):
         data = _float64(data) if isinstance(result, Solved) else data
 
@@ -221,7 +236,8 @@ def grid_scores(scenario: Scenario, model: models.Model, result, data,
             params, state = member
             return {"n_params": model.n_params(state), **scores(model, params, state, d)}
 
-        values = _per_member(data, (result.params, result.state), one, width=_width(model))
+        values = _per_member(data, (result.params, result.state), one, width=_width(model),
+                             draw_index=draw_index)
         return {k: np.asarray(v) for k, v in values.items()}
 
 
@@ -504,13 +520,18 @@ def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
 def bias_variance(scenario: Scenario) -> tuple[Rows, Figures]:
     """Bias^2 / variance / noise (or 0-1 and cross-entropy terms) over a swept knob.
 
-    S training sets (``sweep.seeds``) x m initialisations (``sweep.inits``) per
-    grid point, all trained in one call, predicting at one shared test set;
-    the truth ``f`` separates the noise exactly.
+    S training sets (``sweep.seeds``: fresh draws of a generator, or bootstrap
+    resamples of a fixed data set's training split) x m initialisations
+    (``sweep.inits``) per grid point, all trained in one call, predicting at one
+    shared test set; a generator's truth ``f`` separates the noise exactly.
     """
     key_data, key_model = _keys(scenario)
     n_sets, n_inits = scenario.sweep.seeds, scenario.sweep.inits
-    data = datasets.shared_test(draw(scenario, key_data, n_sets))
+    data = draw(scenario, key_data, n_sets)
+    if data.x_train.ndim == 2:  # a fixed data set: bootstrap its training split instead
+        keys = jax.random.split(key_data, n_sets)
+        data = jax.vmap(datasets.resample, in_axes=(0, None))(keys, data)
+    data = datasets.shared_test(data)
     model = build_model(scenario, data)
     column, values, knob_name = _sweep_axis(scenario, model)
     flat, _ = grid(value=values, seed=range(n_sets), init=range(n_inits))
@@ -518,7 +539,8 @@ def bias_variance(scenario: Scenario) -> tuple[Rows, Figures]:
                         draw_index=flat["seed"])
     preds = predictions(model, result, data.x_test[0])
     preds = preds.reshape(len(values), n_sets * n_inits, *preds.shape[1:])
-    noise_var = scenario.data.noise**2
+    # only a generator knows its noise; for a fixed data set it stays inside the bias
+    noise_var = scenario.data.noise**2 if scenario.data.source in ("regression", "linear") else 0.0
     terms = [_decompose(data, p, noise_var, n_inits) for p in preds]
     n_params = np.asarray(jax.vmap(model.n_params)(result.state)).reshape(len(values), -1)[:, 0]
     rows = [{column: v, "n_params": int(n_params[i]),
@@ -629,9 +651,9 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
         members = (jax.random.split(key_model, m), jnp.asarray(flat["value"]),
                    jnp.asarray(flat["l2"]), jax.random.split(key_coef, m))
         with jax.enable_x64(True):
-            out = _per_member(_float64(member_data(data, m, n_sets, flat["seed"])), members,
+            out = _per_member(_float64(data), members,
                               _min_norm_member(model, isotropic, scenario.data.r2),
-                              width=_width(model))
+                              width=_width(model), draw_index=flat["seed"])
         parts.append({k: np.asarray(v).reshape(len(ridges), len(caps), n_sets)
                       for k, v in out.items()})
     risks = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}

@@ -35,24 +35,28 @@ def take(tree: Any, index: Any) -> Any:
     return jax.tree.map(lambda a: a[np.asarray(index)], tree)
 
 
-def map_members(f: Any, members: Any, *, batch_size: int | None = None) -> Any:
-    """``jit(vmap(f))`` over the leading axis of ``members``, ``batch_size`` at a time.
+def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | None = None
+                ) -> Any:
+    """``f(member, shared)`` over the leading axis of ``members``, ``batch_size`` at a time.
 
-    Memory grows with ``batch_size``, not with the grid. The batches are
-    separate calls of ONE compiled program (the last batch is padded by
-    repeating its final member, then trimmed), not a loop inside one program:
-    LAPACK calls inside a compiled loop have been seen to stall for minutes on
-    a busy 2-core CPU (ARCHITECTURE.md). ``None`` runs everything at once.
+    One compiled program, ``jit(vmap(f))``, with ``shared`` (e.g. the data
+    sets every member indexes into) passed once per call, not copied per
+    member. Memory grows with ``batch_size``, not with the grid. Batches are
+    separate calls (the last one padded by repeating its final member, then
+    trimmed), not a loop inside the program: LAPACK calls inside a compiled
+    loop have been seen to stall for minutes on a busy 2-core CPU
+    (ARCHITECTURE.md). ``None`` runs everything at once.
     """
-    batched = jax.jit(jax.vmap(f))
+    batched = jax.jit(jax.vmap(f, in_axes=(0, None)))
     n = jax.tree.leaves(members)[0].shape[0]
     if batch_size is None or batch_size >= n:
-        return batched(members)
+        return batched(members, shared)
     outputs = []
     for start in range(0, n, batch_size):
         index = np.minimum(np.arange(start, start + batch_size), n - 1)
         keep = n - start  # the padded tail is dropped
-        outputs.append(jax.tree.map(lambda a, k=keep: a[:k], batched(take(members, index))))
+        out = batched(take(members, index), shared)
+        outputs.append(jax.tree.map(lambda a, k=keep: a[:k], out))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 

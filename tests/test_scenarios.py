@@ -122,3 +122,15 @@ def test_interrupted_run_leaves_old_results_untouched(tmp_path, monkeypatch):
         scenario.run(sc, tmp_path)
     assert (folder / "results.csv").read_text() == before
     assert json.loads((folder / "results.json").read_text())["scenario"]["name"] == sc.name
+
+
+def test_bias_variance_bootstraps_a_fixed_real_data_set():
+    sc = scenario.load(SCENARIOS[[p.stem for p in SCENARIOS].index("bias_variance_classification")],
+                       ["data.source='real'", "data.name='wine'", "sweep.capacity=[2, 16]",
+                        "sweep.seeds=4", "train.epochs=20", "train.eval_every=10"])
+    rows, figures = experiments.bias_variance(sc)
+    plt.close(figures["bias_variance"])
+    assert [r["width"] for r in rows] == [2, 16]
+    for r in rows:  # Domingos' identity holds on the bootstrap ensemble too
+        assert abs(r["0-1_loss"] - r["0-1_bias"] - r["0-1_net_variance"]) < 1e-6
+        assert abs(r["cross-entropy"] - r["CE_bias"] - r["CE_variance"]) < 1e-4

@@ -1,0 +1,148 @@
+"""What early stopping costs inside ``fit``, and what it saves.
+
+The workload: M = 64 MLPs 1-32-32-1 (tanh) trained in one ``fit`` call with
+``key=jax.random.split(key, M)``, on one ``regression(target="sin", n_train=64,
+n_val=64, noise=0.3)`` draw, Adam 1e-2, 2000 full-batch epochs (one step each),
+history recorded every epoch (``eval_every=1``). Rows:
+
+* ``early_stopping=None``: the baseline, the full budget with no rule;
+* ``patience(patience=10**6)``: a rule that never triggers, so the loop runs the
+  full budget but pays for the rule (state update, masking of stopped members,
+  and with ``restore_best=True`` a copy of the best parameters), once with
+  ``restore_best=True`` (the default) and once with ``restore_best=False``;
+* ``patience(patience=P)`` (default P = 20): every member stops early; the loop
+  ends when the last member stops, so its time should be about
+  ``(max stop_epoch + 1) / epochs`` of a full-budget call with the same rule.
+
+Goals (from the issue): the never-triggering rule adds under 10 % to the
+baseline, and the all-stop batch finishes proportionally sooner.
+
+Model, optimizer and rule objects are created once and reused: ``fit``'s jit
+cache keys on their identity. The first call of each row compiles (its compile
+time is reported separately, from ``jax.monitoring`` events); the steady time is
+the fastest of ``--repeat`` further calls, blocking on ``result.params``.
+
+    python benchmarks/bench_early_stopping.py            # ~1 min on 2 cores
+    python benchmarks/bench_early_stopping.py --quick    # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+import optax
+from _common import environment, fmt, table
+
+from overfit.data import regression
+from overfit.early_stopping import patience
+from overfit.models import mlp
+from overfit.train import fit
+
+OVERHEAD_GOAL = 0.10  # the rule may add at most 10 % to a full-budget call
+PROPORTION_TOL = 0.15  # "proportionally sooner": within 15 % of the epoch fraction
+
+
+class CompileClock:
+    """Seconds JAX spends tracing, lowering and compiling, and XLA compilations."""
+
+    def __init__(self) -> None:
+        self.seconds, self.compiles = 0.0, 0
+        jax.monitoring.register_event_duration_secs_listener(self)
+
+    def __call__(self, event: str, duration: float, **_) -> None:
+        if event.startswith("/jax/core/compile/"):
+            self.seconds += duration
+            self.compiles += event.endswith("backend_compile_duration")
+
+
+def run_all(specs, model, data, keys, opt, epochs, repeat, clock):
+    """Compile every row, then time them in interleaved rounds (load drift hits all alike)."""
+    def call(rule):
+        result = fit(model, data, key=keys, optimizer=opt, epochs=epochs, early_stopping=rule)
+        jax.block_until_ready(result.params)
+        return result
+
+    rows = []
+    for label, rule in specs:
+        before = clock.seconds
+        t0 = time.perf_counter()
+        result = call(rule)
+        stop = np.asarray(result.stop_epoch)
+        rows.append(dict(label=label, first=time.perf_counter() - t0,
+                         compile=clock.seconds - before, times=[], miss=False,
+                         stop_min=int(stop.min()), stop_max=int(stop.max()),
+                         all_stopped=bool((stop < epochs - 1).all())))
+    for _ in range(repeat):
+        for row, (_, rule) in zip(rows, specs):
+            n = clock.compiles
+            t0 = time.perf_counter()
+            call(rule)
+            row["times"].append(time.perf_counter() - t0)
+            row["miss"] |= clock.compiles > n
+    for row in rows:
+        row["steady"] = min(row["times"])
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=2000)
+    p.add_argument("--patience", type=int, default=20, help="the all-stop row's patience")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="M = 8, 400 epochs, 2 repeats")
+    args = p.parse_args()
+    if args.quick:
+        args.models, args.epochs, args.repeat = 8, 400, 2
+
+    for k, v in environment().items():
+        print(f"{k:>12}: {v}")
+    print(f"\nM = {args.models} MLPs 1-32-32-1 tanh, sin regression n_train 64 / n_val 64, "
+          f"noise 0.3, Adam 1e-2, {args.epochs} full-batch epochs, eval_every=1, "
+          f"min of {args.repeat} interleaved steady calls\n")
+
+    clock = CompileClock()
+    key = jax.random.key(args.seed)
+    data = regression(jax.random.fold_in(key, 1), target="sin", n_train=64, n_val=64,
+                      noise=0.3)
+    keys = jax.random.split(jax.random.fold_in(key, 2), args.models)
+    model, opt = mlp(1, (32, 32)), optax.adam(1e-2)  # once: the jit cache keys on identity
+    never_restore = patience(patience=10**6)
+    never_plain = patience(patience=10**6, restore_best=False)
+    stops = patience(patience=args.patience)
+    specs = [("early_stopping=None (baseline)", None),
+             ("patience(10**6), restore_best=True", never_restore),
+             ("patience(10**6), restore_best=False", never_plain),
+             (f"patience({args.patience}), restore_best=True", stops)]
+    rows = run_all(specs, model, data, keys, opt, args.epochs, args.repeat, clock)
+    base, full = rows[0]["steady"], rows[1]["steady"]
+    print(table(
+        ["run", "first call s", "compile s", "steady s", "vs baseline", "stop epochs (min-max)",
+         "note"],
+        [[r["label"], fmt(r["first"]), fmt(r["compile"]), fmt(r["steady"], ".3f"),
+          fmt(r["steady"] / base, ".3f"), f"{r['stop_min']}-{r['stop_max']}",
+          "jit cache MISS" if r["miss"] else ""] for r in rows]))
+    print(f"\nend load: {environment()['load']}\n")
+
+    for r in rows[1:3]:
+        over = r["steady"] / base - 1
+        print(f"overhead of {r['label']} on a full-budget call: {over:+.1%} "
+              f"(goal < {OVERHEAD_GOAL:.0%}): {'met' if over < OVERHEAD_GOAL else 'NOT met'}")
+    r = rows[3]
+    frac = (r["stop_max"] + 1) / args.epochs
+    vs_base, vs_full = r["steady"] / base, r["steady"] / full
+    print(f"all-stop batch: every member stopped early: {r['all_stopped']}; last stop at epoch "
+          f"{r['stop_max']} -> (max stop + 1) / epochs = {frac:.3f}")
+    print(f"  time ratio vs baseline (None) = {vs_base:.3f}; vs the same rule on the full "
+          f"budget = {vs_full:.3f} (expected ~{frac:.3f})")
+    ok = r["all_stopped"] and vs_full <= frac * (1 + PROPORTION_TOL)
+    print(f"  proportionally sooner (ratio vs same-rule full budget <= "
+          f"{1 + PROPORTION_TOL:.2f} x fraction): {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
