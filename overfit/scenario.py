@@ -31,7 +31,7 @@ from overfit.early_stopping import MONITORS
 from overfit.schema import build, knob
 
 KINDS = ("five_points", "capacity_curve", "training_curves", "early_stopping", "dropout",
-         "validation_curve", "remedies", "bias_variance", "double_descent", "learning_curve")
+         "validation_curve", "remedies", "bias_variance", "double_descent")
 
 
 @dataclasses.dataclass(frozen=True)

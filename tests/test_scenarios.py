@@ -134,3 +134,7 @@ def test_bias_variance_bootstraps_a_fixed_real_data_set():
     for r in rows:  # Domingos' identity holds on the bootstrap ensemble too
         assert abs(r["0-1_loss"] - r["0-1_bias"] - r["0-1_net_variance"]) < 1e-6
         assert abs(r["cross-entropy"] - r["CE_bias"] - r["CE_variance"]) < 1e-4
+
+
+def test_every_allowed_kind_has_an_experiment():
+    assert set(scenario.KINDS) == set(experiments.EXPERIMENTS)
