@@ -34,7 +34,7 @@ import time
 import jax
 import numpy as np
 import optax
-from _common import environment, fmt, table
+from _common import CompileClock, environment, fmt, table
 
 from overfit.data import regression
 from overfit.early_stopping import patience
@@ -43,19 +43,6 @@ from overfit.train import fit
 
 OVERHEAD_GOAL = 0.10  # the rule may add at most 10 % to a full-budget call
 PROPORTION_TOL = 0.15  # "proportionally sooner": within 15 % of the epoch fraction
-
-
-class CompileClock:
-    """Seconds JAX spends tracing, lowering and compiling, and XLA compilations."""
-
-    def __init__(self) -> None:
-        self.seconds, self.compiles = 0.0, 0
-        jax.monitoring.register_event_duration_secs_listener(self)
-
-    def __call__(self, event: str, duration: float, **_) -> None:
-        if event.startswith("/jax/core/compile/"):
-            self.seconds += duration
-            self.compiles += event.endswith("backend_compile_duration")
 
 
 def run_all(specs, model, data, keys, opt, epochs, repeat, clock):

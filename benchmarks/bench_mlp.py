@@ -36,6 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 from _common import (
     SKIPPED,
+    CompileClock,
     cpu_load,
     cpu_pressure,
     environment,
@@ -93,21 +94,6 @@ def mse_of(pred: np.ndarray, y: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------- overfit
-
-
-class CompileClock:
-    """Seconds JAX spends tracing, lowering and compiling, and XLA compilations."""
-
-    def __init__(self) -> None:
-        self.seconds, self.compiles = 0.0, 0
-        import jax
-
-        jax.monitoring.register_event_duration_secs_listener(self)
-
-    def __call__(self, event: str, duration: float, **_) -> None:
-        if event.startswith("/jax/core/compile/"):
-            self.seconds += duration
-            self.compiles += event.endswith("backend_compile_duration")
 
 
 def bench_overfit(data, x, y, n_models: int, steps: int, lr: float, eval_every: int,

@@ -412,7 +412,7 @@ REMEDIES = ("baseline", "more data", "smaller model", "L2", "dropout", "early st
 
 def _remedy(scenario: Scenario, name: str) -> tuple[Scenario, dict[str, Any]]:
     """The scenario changed by one remedy, and its extra hparams."""
-    sweep, replace = scenario.sweep, dataclasses.replace
+    replace = dataclasses.replace
     if name == "more data":
         n = _require(scenario, "n_train")[0]
         return replace(scenario, data=replace(scenario.data, n_train=n)), {}
@@ -423,7 +423,6 @@ def _remedy(scenario: Scenario, name: str) -> tuple[Scenario, dict[str, Any]]:
     if name == "dropout":
         rate = _require(scenario, "drop_rate")[0]
         return replace(scenario, model=replace(scenario.model, drop_rate=rate)), {}
-    del sweep
     return scenario, {}
 
 
