@@ -44,7 +44,9 @@ class EarlyStopping(NamedTuple):
     """A stopping rule: ``update(state, epoch, value, train_value) -> state``.
 
     ``value`` is the monitored quantity at the end of ``epoch``; ``train_value``
-    the training error Prechelt's PQ rule compares it with.
+    the training error Prechelt's PQ rule compares it with. Once ``stopped`` is
+    set, ``update`` must return the state unchanged (``fit`` relies on it to
+    leave a stopped member's best parameters alone).
     """
 
     init: Callable[[], StopState]

@@ -251,12 +251,17 @@ class _Trainer(NamedTuple):
             return _Member(params, opt_state, None, member.stop), values
         stop = stopper.update(member.stop, check, _monitored(stopper.monitor, values),
                               _monitored(stopper.monitor.replace("val_", "train_"), values))
-        best = member.best_params
-        if stopper.restore_best:
-            best = _select(stop.best_epoch == check, params, best)
         done = member.stop.stopped
-        new = _Member(params, opt_state, best, stop)
-        return _select(done, member, new), tuple(jnp.where(done, jnp.nan, v) for v in values)
+        # A stopped member's rule state no longer changes (the rules guard it), so
+        # nothing can improve on its best: only what is returned needs freezing, the
+        # best parameters (restore_best) or else the parameters themselves. The
+        # optimizer state of a stopped member is never used again and is not masked.
+        if stopper.restore_best:
+            best = _select(stop.best_epoch == check, params, member.best_params)
+        else:
+            best, params = None, _select(done, member.params, params)
+        return _Member(params, opt_state, best, stop), tuple(
+            jnp.where(done, jnp.nan, v) for v in values)
 
     def finish(self, member: _Member, state: State, last: Array, data: Dataset) -> tuple:
         """Pick the returned parameters; convert check counts to 0-based epochs."""
