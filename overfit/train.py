@@ -231,7 +231,8 @@ class _Trainer(NamedTuple):
               hparams: Mapping[str, Array]) -> tuple[_Member, tuple[Array, ...]]:
         """``eval_every`` epochs of one member, then one check of the stopping rule.
 
-        A stopped member is left exactly as it was; ``check`` counts evaluations.
+        Once a member has stopped, its history entries are NaN and the
+        parameters it will return no longer change; ``check`` counts evaluations.
         """
         stopper, every = self.config.stopper, self.config.eval_every
 
