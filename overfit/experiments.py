@@ -30,7 +30,7 @@ from overfit.early_stopping import EarlyStopping, patience, prechelt
 from overfit.scenario import Scenario
 from overfit.solve import fit_linear
 from overfit.sweep import batch_size_for, grid, map_members, take
-from overfit.train import FitResult, default_loss, evaluate, fit
+from overfit.train import FitResult, default_loss, fit, score_outputs
 
 Rows = list[dict[str, Any]]
 Figures = dict[str, Any]  # name -> matplotlib Figure
@@ -167,14 +167,14 @@ def scores(model: models.Model, params, state, data: datasets.Dataset) -> dict[s
     for regression, accuracy for classification."""
     loss = default_loss(model, data)
     name = "accuracy" if data.task == "classification" else "mse"
-    out = {}
+    result = {}
     for split in ("train", "val", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        out[f"{split}_{name}"] = evaluate(model, params, state, x, y, loss=loss, task=data.task)[1]
-    if data.task == "regression":
-        risk = evaluate(model, params, state, data.x_test, data.f_test, task=data.task)
-        out["test_risk"] = risk[1]
-    return out
+        out = model.apply(params, state, x)  # one forward pass per split
+        result[f"{split}_{name}"] = score_outputs(out, y, loss, data.task)[1]
+    if data.task == "regression":  # the test outputs again, against the truth f
+        result["test_risk"] = score_outputs(out, data.f_test, loss, data.task)[1]
+    return result
 
 
 def _float64(tree: Any) -> Any:

@@ -120,6 +120,10 @@ def _check_task(model: Model, data: Dataset, loss: str | Loss) -> None:
                          f"n_classes={data.n_classes}.")
 
 
+def _per_example(loss: str | Loss) -> Loss:
+    return LOSSES[loss] if isinstance(loss, str) else loss
+
+
 def objective(model: Model, loss: str | Loss = "mse") -> Callable[..., Array]:
     """The low-level training objective of one model on one batch.
 
@@ -128,7 +132,7 @@ def objective(model: Model, loss: str | Loss = "mse") -> Callable[..., Array]:
         (optionally ``weight``-ed) per-example loss, with dropout active when a
         ``key`` is given. Differentiate it with ``jax.grad``.
     """
-    per_example = LOSSES[loss] if isinstance(loss, str) else loss
+    per_example = _per_example(loss)
 
     def f(params, state, x, y, key=None, weight=None):
         out = model.apply(params, state, x, key=key, train=key is not None)
@@ -140,11 +144,11 @@ def objective(model: Model, loss: str | Loss = "mse") -> Callable[..., Array]:
     return f
 
 
-def _scores(out: Array, y: Array, loss: str | Loss, task: str) -> tuple[Array, Array]:
+def score_outputs(out: Array, y: Array, loss: str | Loss, task: str) -> tuple[Array, Array]:
     """``(loss, metric)`` of model outputs ``out`` against ``y``; NaN on an empty split."""
     if not y.shape[0]:
         return jnp.asarray(jnp.nan), jnp.asarray(jnp.nan)
-    value = jnp.mean((LOSSES[loss] if isinstance(loss, str) else loss)(out, y))
+    value = jnp.mean(_per_example(loss)(out, y))
     if task == "classification":
         pred = out > 0 if out.ndim == 1 else jnp.argmax(out, axis=-1)
         return value, jnp.mean(pred == y)
@@ -158,7 +162,7 @@ def evaluate(model: Model, params: Params, state: State, x: Array, y: Array,
     The metric is the accuracy for classification, the mean squared error for
     regression. An empty split gives NaN.
     """
-    return _scores(model.apply(params, state, x), y, loss, task)
+    return score_outputs(model.apply(params, state, x), y, loss, task)
 
 
 class _Member(NamedTuple):
@@ -245,8 +249,8 @@ class _Trainer(NamedTuple):
         # one forward pass over train and validation points together
         n = data.x_train.shape[0]
         out = self.config.model.apply(params, state, jnp.concatenate([data.x_train, data.x_val]))
-        tr = _scores(out[:n], data.y_train, self.config.loss, data.task)
-        va = _scores(out[n:], data.y_val, self.config.loss, data.task)
+        tr = score_outputs(out[:n], data.y_train, self.config.loss, data.task)
+        va = score_outputs(out[n:], data.y_val, self.config.loss, data.task)
         values = tuple(jnp.asarray(v, jnp.float32) for v in (tr[0], va[0], tr[1], va[1]))
         if stopper is never():  # nothing can stop: no masking, no copies of the parameters
             return _Member(params, opt_state, None, member.stop), values
