@@ -3,9 +3,11 @@
 The flat public API. Submodules, one job each: ``data`` (samplers with the
 truth kept), ``models`` (``(init, apply)`` pairs of varying capacity), ``solve``
 (closed-form fits), ``train`` (the fused training loop), ``early_stopping``,
-``sweep`` (grids), ``display`` (plots), ``scenario`` (TOML runs).
+``sweep`` (grids), ``decompose`` (bias-variance terms), ``theory`` (analytic
+risk curves), ``display`` (plots), ``scenario`` (TOML runs).
 """
 
+from overfit import decompose, theory
 from overfit.data import (
     REAL_DATASETS,
     SHAPES,
@@ -22,6 +24,7 @@ from overfit.data import (
 from overfit.data import (
     linear as linear_data,
 )
+from overfit.decompose import Term
 from overfit.early_stopping import EarlyStopping, StopState, never, patience, prechelt
 from overfit.models import Model, dropout, legendre, linear, mlp, polynomial, random_features
 from overfit.solve import fit_linear, solve
@@ -38,6 +41,7 @@ __all__ = [
     "Model", "dropout", "legendre", "linear", "mlp", "polynomial", "random_features",
     "fit_linear", "solve", "grid", "take", "unflatten",
     "History", "FitResult", "evaluate", "fit", "objective",
+    "decompose", "theory", "Term",
 ]
 
 _PLOTTING = ("CurveDisplay", "FitDisplay", "save_figure")
