@@ -4,7 +4,8 @@ The flat public API. Submodules, one job each: ``data`` (samplers with the
 truth kept), ``models`` (``(init, apply)`` pairs of varying capacity), ``solve``
 (closed-form fits), ``train`` (the fused training loop), ``early_stopping``,
 ``sweep`` (grids), ``decompose`` (bias-variance terms), ``theory`` (analytic
-risk curves), ``display`` (plots), ``scenario`` (TOML runs).
+risk curves), ``display`` (plots), ``scenario`` (TOML runs), ``idx`` (MNIST's
+IDX files from a local folder).
 """
 
 from overfit import decompose, theory
@@ -26,6 +27,7 @@ from overfit.data import (
 )
 from overfit.decompose import Term
 from overfit.early_stopping import EarlyStopping, StopState, never, patience, prechelt
+from overfit.idx import load_mnist_arrays, mnist, read_idx
 from overfit.models import Model, dropout, legendre, linear, mlp, polynomial, random_features
 from overfit.solve import fit_linear, solve
 from overfit.sweep import grid, take, unflatten
@@ -37,6 +39,7 @@ __all__ = [
     "CurveDisplay", "FitDisplay", "save_figure",
     "REAL_DATASETS", "SHAPES", "TARGETS", "Dataset", "bootstrap_indices", "classification",
     "linear_data", "make_classification_preset", "real", "regression", "resample", "sphere",
+    "load_mnist_arrays", "mnist", "read_idx",
     "EarlyStopping", "StopState", "never", "patience", "prechelt",
     "Model", "dropout", "legendre", "linear", "mlp", "polynomial", "random_features",
     "fit_linear", "solve", "grid", "take", "unflatten",
