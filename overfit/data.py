@@ -81,6 +81,8 @@ TARGETS: dict[str, Callable[[Array], Array]] = {
 """Noiseless regression functions ``f(x)``: ``(n,)`` inputs to ``(n,)`` values."""
 
 X_DISTS = ("uniform", "normal", "grid")
+LINKS = ("identity", *TARGETS)
+"""Links ``g`` of the single-index source ``f = g(x . b)`` (:func:`linear`)."""
 
 
 def _check_domain(domain: tuple[float, float]) -> tuple[float, float]:
@@ -600,12 +602,15 @@ def linear(
     r2: float | Array = 1.0,
     s2: float | Array = 1.0,
     coef: Array | None = None,
+    link: str = "identity",
 ) -> Dataset:
     """Isotropic Gaussian linear model ``y = x . b + sqrt(s2) N(0, 1)``, ``x ~ N(0, I_p)``.
 
     The setting of the double-descent theory (GROUND_TRUTH section 2): with
     ``coef=None``, ``b`` is uniform on the sphere ``|b|^2 = r2`` (exactly, not just in
-    expectation), drawn from its own split of ``key``.
+    expectation), drawn from its own split of ``key``. A ``link`` other than
+    ``"identity"`` makes it a single-index model ``f = g(x . b)`` with ``g`` from
+    :data:`TARGETS`: a nonlinear truth in ``p`` dimensions (no linear theory applies).
 
     Args:
         key: PRNG key.
@@ -616,11 +621,13 @@ def linear(
         r2: signal strength ``|b|^2``, >= 0; may be traced. Unused when ``coef`` is given.
         s2: noise variance (not std), >= 0; may be traced.
         coef: fixed coefficients ``(p,)``, or None to draw them.
+        link: ``"identity"`` or a name in :data:`TARGETS` (static).
 
     Returns:
-        Dataset with ``x_*`` ``(n_split, p)``, ``y_*`` and ``f_* = x_* @ b`` ``(n_split,)``,
-        all float32. Task ``"regression"``.
+        Dataset with ``x_*`` ``(n_split, p)``, ``y_*`` and ``f_* = g(x_* @ b)``
+        ``(n_split,)``, all float32. Task ``"regression"``.
     """
+    check_choice("link", link, LINKS)
     p = check_int("p", p, lo=1)
     n_train = check_int("n_train", n_train, lo=1)
     n_val = check_int("n_val", n_val, lo=0)
@@ -631,20 +638,23 @@ def linear(
         coef = jnp.asarray(coef, jnp.float32)
         if coef.shape != (p,):
             raise ValueError(f"coef has shape {coef.shape}; it must have shape (p,) = ({p},).")
-    return _linear(key, coef, r2, s2, p=p, sizes=(n_train, n_val, n_test))
+    return _linear(key, coef, r2, s2, p=p, sizes=(n_train, n_val, n_test), link=link)
 
 
-@functools.partial(jax.jit, static_argnames=("p", "sizes"))
+@functools.partial(jax.jit, static_argnames=("p", "sizes", "link"))
 def _linear(
-    key: Array, coef: Array | None, r2: Any, s2: Any, *, p: int, sizes: tuple[int, int, int]
+    key: Array, coef: Array | None, r2: Any, s2: Any, *, p: int, sizes: tuple[int, int, int],
+    link: str,
 ) -> Dataset:
     k_coef, k_train, k_val, k_test = jax.random.split(key, 4)
     b = sphere(k_coef, p, r2) if coef is None else coef
     n_pad = max(sizes)
-    tr = _linear_split(k_train, sizes[0], n_pad, b, s2)
-    va = _linear_split(k_val, sizes[1], n_pad, b, s2)
-    te = _linear_split(k_test, sizes[2], n_pad, b, s2)
-    return Dataset(*tr, *va, *te, "regression", 0)
+    g = TARGETS.get(link)
+    splits = []
+    for k, n in zip((k_train, k_val, k_test), sizes):
+        x, y, f = _linear_split(k, n, n_pad, b, s2)
+        splits += [x, y, f] if g is None else [x, y - f + g(f), g(f)]
+    return Dataset(*splits, "regression", 0)
 
 
 # ------------------------------------------------------------------------------ bootstrap

@@ -158,6 +158,13 @@ class CurveDisplay:
                 ax.axvline(xv, color=f"C{i + 3}", ls=":", lw=1, label=label if j == 0 else None)
         if logx if logx is not None else _wide(self.x):
             ax.set_xscale("log")
+            # labelled minor ticks (2x10^1, 3x10^1, ...) collide: label 1-2-5 steps
+            # on short ranges (n_train, widths), decades on long ones (lambda)
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            x = self.x[self.x > 0]
+            if x.size and np.log10(x.max() / x.min()) <= 3:
+                ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         if logy:
             ax.set_yscale("log")
         return _finish(self, ax, xlabel=self.xlabel, ylabel=self.ylabel, title=self.title)

@@ -52,9 +52,11 @@ def draw(scenario: Scenario, key: jax.Array, n_draws: int) -> datasets.Dataset:
             k, target=d.target, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
             noise=d.noise, x_dist=d.x_dist, domain=tuple(d.domain))
     elif d.source == "linear":
+        # one truth b for every draw: draws differ in inputs and noise only
+        coef = datasets.sphere(jax.random.fold_in(key, 1), d.p, d.r2)
         sample = lambda k: datasets.linear(  # noqa: E731
-            k, p=d.p, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test, r2=d.r2,
-            s2=d.noise**2)
+            k, p=d.p, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test, coef=coef,
+            s2=d.noise**2, link=d.link)
     else:
         sample = lambda k: datasets.classification(  # noqa: E731
             k, shape=d.shape, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
@@ -407,6 +409,51 @@ def validation_curve(scenario: Scenario) -> tuple[Rows, Figures]:
     return _rows({"l2": lams, "seed": range(n_seeds)}, values), {"validation_curve": fig}
 
 
+def learning_curves(scenario: Scenario) -> tuple[Rows, Figures]:
+    """Train and validation error vs n_train, one panel per capacity (weak vs strong).
+
+    Every ``sweep.n_train`` value draws ``sweep.seeds`` fresh training sets and
+    trains all (capacity x draw) members in one call; the gap between the
+    curves is what more data closes.
+    """
+    sizes = _require(scenario, "n_train")
+    key_data, key_model = _keys(scenario)
+    n_seeds = scenario.sweep.seeds
+    caps, parts, column = scenario.sweep.capacity, [], "capacity"
+    for n in sizes:
+        variant = dataclasses.replace(scenario, data=dataclasses.replace(scenario.data,
+                                                                         n_train=n))
+        data = draw(variant, key_data, n_seeds)
+        model = build_model(variant, data)
+        caps = caps or [int(model.init(key_model)[1][model.capacity])]
+        column = model.capacity
+        flat, _ = grid(capacity=caps, seed=range(n_seeds))
+        result = train_grid(variant, model, data, {model.capacity: flat["capacity"]},
+                            key_model)
+        parts.append(grid_scores(variant, model, result, data))
+    values = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    rows = _rows({"n_train": sizes, column: caps, "seed": range(n_seeds)}, values)
+    name = "accuracy" if "train_accuracy" in values else "mse"
+    sign = -1 if name == "accuracy" else 1  # the gap is positive when overfitting
+    shape = (len(sizes), len(caps), n_seeds)
+    fig, axes = panels(len(caps) + 1, size=(4.6, 4), sharey=False,
+                       title=scenario.title or "Learning curves")
+    gaps = {}
+    for ax in axes[1:len(caps)]:  # weak and strong on one scale
+        ax.sharey(axes[0])
+    for i, cap in enumerate(caps):
+        train = values[f"train_{name}"].reshape(shape)[:, i]
+        val = values[f"val_{name}"].reshape(shape)[:, i]
+        gaps[f"{column} {cap}"] = sign * (val - train)
+        CurveDisplay(sizes, {"train": train, "validation": val}, xlabel="n_train",
+                     ylabel=f"{name} (median, quartiles)", center="median",
+                     title=f"{column} {cap}").plot(ax=axes[i], logy=name == "mse")
+    CurveDisplay(sizes, gaps, xlabel="n_train", center="median",
+                 ylabel=f"generalisation gap ({name})", title="the gap more data closes"
+                 ).plot(ax=axes[-1], logy=name == "mse")
+    return rows, {"learning_curves": fig}
+
+
 REMEDIES = ("baseline", "more data", "smaller model", "L2", "dropout", "early stopping")
 
 
@@ -472,14 +519,19 @@ def _remedy_fits(scenario: Scenario, results: dict) -> Any:
     return fig
 
 
-def _sweep_axis(scenario: Scenario, model: models.Model) -> tuple[str, list, str]:
-    """The swept knob of a decomposition: (column name, values, hparam name)."""
-    if scenario.sweep.capacity:
-        return model.capacity, scenario.sweep.capacity, model.capacity
-    if scenario.sweep.l2:
-        return "l2", scenario.sweep.l2, "l2"
-    raise ValueError(f"kind={scenario.kind!r} needs sweep.capacity or sweep.l2 (a non-empty "
-                     "list) to draw the terms against.")
+DATA_AXES = ("n_train", "noise", "flip")
+"""Sweep fields that change the data (one draw, and one compile, per value)."""
+
+
+def _sweep_axis(scenario: Scenario) -> tuple[str, list]:
+    """The swept knob of a decomposition: (sweep field, values); exactly one is allowed."""
+    fields = ("capacity", "l2", *DATA_AXES)
+    swept = [f for f in fields if getattr(scenario.sweep, f)]
+    if len(swept) != 1:
+        raise ValueError(f"kind={scenario.kind!r} draws the terms against exactly one of "
+                         f"sweep.{', sweep.'.join(fields)} (a non-empty list); got "
+                         f"{swept or 'none'}.")
+    return swept[0], getattr(scenario.sweep, swept[0])
 
 
 def predictions(model: models.Model, result, x: jax.Array) -> jax.Array:
@@ -521,9 +573,33 @@ def bias_variance(scenario: Scenario) -> tuple[Rows, Figures]:
 
     S training sets (``sweep.seeds``: fresh draws of a generator, or bootstrap
     resamples of a fixed data set's training split) x m initialisations
-    (``sweep.inits``) per grid point, all trained in one call, predicting at one
-    shared test set; a generator's truth ``f`` separates the noise exactly.
+    (``sweep.inits``) per grid point, predicting at one shared test set; a
+    generator's truth ``f`` separates the noise exactly. A model knob
+    (``capacity``, ``l2``) is one axis of one training call; a data knob
+    (``n_train``, ``noise``, ``flip``) draws new data, one call per value.
     """
+    field, values = _sweep_axis(scenario)
+    if field in DATA_AXES:
+        column, terms, n_params = field, [], []
+        for v in values:
+            variant = dataclasses.replace(scenario, data=dataclasses.replace(
+                scenario.data, **{field: v}))
+            _, t, p = _decomposition_grid(variant, None)
+            terms += t
+            n_params += p
+    else:
+        column, terms, n_params = _decomposition_grid(scenario, field)
+    rows = [{column: v, "n_params": n_params[i],
+             **{k.replace(" ", "_"): float(t.value) for k, t in terms[i].items()},
+             **{k.replace(" ", "_") + "_se": float(t.se) for k, t in terms[i].items()}}
+            for i, v in enumerate(values)]
+    return rows, {"bias_variance": _bias_variance_figure(scenario, column, values, terms)}
+
+
+def _decomposition_grid(scenario: Scenario, field: str | None
+                        ) -> tuple[str, list[dict[str, Any]], list[int]]:
+    """Terms at every value of the model knob ``field`` (None: the model as configured),
+    trained in one call: (column name, terms per value, parameter count per value)."""
     key_data, key_model = _keys(scenario)
     n_sets, n_inits = scenario.sweep.seeds, scenario.sweep.inits
     data = draw(scenario, key_data, n_sets)
@@ -532,9 +608,13 @@ def bias_variance(scenario: Scenario) -> tuple[Rows, Figures]:
         data = jax.vmap(datasets.resample, in_axes=(0, None))(keys, data)
     data = datasets.shared_test(data)
     model = build_model(scenario, data)
-    column, values, knob_name = _sweep_axis(scenario, model)
+    if field is None:  # the model's own (largest) capacity
+        knob, values = model.capacity, [int(model.init(key_model)[1][model.capacity])]
+    else:
+        knob, values = (model.capacity if field == "capacity" else field), getattr(
+            scenario.sweep, field)
     flat, _ = grid(value=values, seed=range(n_sets), init=range(n_inits))
-    result = train_grid(scenario, model, data, {knob_name: flat["value"]}, key_model,
+    result = train_grid(scenario, model, data, {knob: flat["value"]}, key_model,
                         draw_index=flat["seed"])
     preds = predictions(model, result, data.x_test[0])
     preds = preds.reshape(len(values), n_sets * n_inits, *preds.shape[1:])
@@ -542,11 +622,7 @@ def bias_variance(scenario: Scenario) -> tuple[Rows, Figures]:
     noise_var = scenario.data.noise**2 if scenario.data.source in ("regression", "linear") else 0.0
     terms = [_decompose(data, p, noise_var, n_inits) for p in preds]
     n_params = np.asarray(jax.vmap(model.n_params)(result.state)).reshape(len(values), -1)[:, 0]
-    rows = [{column: v, "n_params": int(n_params[i]),
-             **{k.replace(" ", "_"): float(t.value) for k, t in terms[i].items()},
-             **{k.replace(" ", "_") + "_se": float(t.se) for k, t in terms[i].items()}}
-            for i, v in enumerate(values)]
-    return rows, {"bias_variance": _bias_variance_figure(scenario, column, values, terms)}
+    return knob, terms, [int(n) for n in n_params]
 
 
 def _bias_variance_figure(scenario, column, values, terms) -> Any:
@@ -562,8 +638,9 @@ def _bias_variance_figure(scenario, column, values, terms) -> Any:
     for ax, group in zip(axes, groups):
         curves = {n: [t[n].value for t in terms] for n in group}
         errors = {n: [2 * t[n].se for t in terms] for n in group}
+        # the best n_train or noise level is trivially the largest / smallest one
         total = group[0] if group[0] in ("expected test error", "0-1 loss", "cross-entropy") \
-            else None
+            and column not in DATA_AXES else None
         CurveDisplay(values, curves, errors=errors, xlabel=column, best=total,
                      ylabel="averaged over test points (band: 2 SE)"
                      ).plot(ax=ax)
@@ -634,7 +711,8 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
     values = scenario.sweep.n_train if sample_wise else _require(scenario, "capacity")
     key_data, key_model, key_coef = jax.random.split(jax.random.key(scenario.seed), 3)
     n_sets, ridges = scenario.sweep.seeds, [0.0, *scenario.sweep.l2]
-    isotropic = scenario.data.source == "linear" and scenario.model.kind == "linear"
+    isotropic = (scenario.data.source == "linear" and scenario.data.link == "identity"
+                 and scenario.model.kind == "linear")
     column = "n_train"
     parts = []
     for n_train in (values if sample_wise else [scenario.data.n_train]):
@@ -704,6 +782,7 @@ EXPERIMENTS: dict[str, Callable[[Scenario], tuple[Rows, Figures]]] = {
     "early_stopping": early_stopping,
     "dropout": dropout,
     "validation_curve": validation_curve,
+    "learning_curves": learning_curves,
     "remedies": remedies,
     "bias_variance": bias_variance,
     "double_descent": double_descent,

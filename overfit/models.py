@@ -220,7 +220,8 @@ def mlp(
     ``init(key, width=max(hidden), drop_rate=..., input_drop_rate=...)``: every
     hidden layer keeps its first ``min(width, hidden[i])`` units; weights are
     drawn ``N(0, g^2 / live_fan_in)`` (g = sqrt(2) for ReLU, 1 otherwise) so a
-    masked network starts like an unmasked one of the live width. Dropout is
+    masked network starts like an unmasked one of the live width; hidden biases
+    ``U(-1, 1) / sqrt(live_fan_in)`` (as PyTorch), the output bias 0. Dropout is
     inverted (kept units scaled by ``1 / (1 - q)``), ``drop_rate`` q is the
     probability of DROPPING a unit (stax's ``rate`` is the keep probability),
     active only when ``train=True`` and then requires ``key``. Dropout is
@@ -255,11 +256,15 @@ def mlp(
         check_range("input_drop_rate", input_drop_rate, lo=0.0, hi=1.0, hi_open=True)
         live = live_sizes(jnp.asarray(width))
         params = []
-        for k, (m, n), fan_in in zip(
+        for i, (k, (m, n), fan_in) in enumerate(zip(
             jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:]), live[:-1]
-        ):
-            w = jax.random.normal(k, (m, n)) * gain / jnp.sqrt(fan_in)
-            params.append({"w": w, "b": jnp.zeros(n)})
+        )):
+            kw, kb = jax.random.split(k)
+            w = jax.random.normal(kw, (m, n)) * gain / jnp.sqrt(fan_in)
+            # zero hidden biases put every ReLU kink (every tanh centre) at x = 0,
+            # which cripples low-dimensional inputs; PyTorch's U(+-1/sqrt(fan_in)) spreads them
+            bound = 1.0 / jnp.sqrt(fan_in) if i < len(hidden) else 0.0
+            params.append({"w": w, "b": jax.random.uniform(kb, (n,), minval=-1.0) * bound})
         state = {
             "width": jnp.asarray(width, jnp.int32),
             "drop_rate": jnp.asarray(drop_rate, jnp.float32),

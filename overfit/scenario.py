@@ -31,7 +31,7 @@ from overfit.early_stopping import MONITORS
 from overfit.schema import build, knob
 
 KINDS = ("five_points", "capacity_curve", "training_curves", "early_stopping", "dropout",
-         "validation_curve", "remedies", "bias_variance", "double_descent")
+         "validation_curve", "learning_curves", "remedies", "bias_variance", "double_descent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +45,8 @@ class DataConfig:
     name: str = knob("digits", "real data set (source='real')", choices=datasets.REAL_DATASETS)
     p: int = knob(10, "input dimension of the isotropic linear source", lo=1)
     r2: float = knob(1.0, "signal |b|^2 of the linear source", lo=0.0)
+    link: str = knob("identity", "link g of the linear source: f = g(x . b)",
+                     choices=datasets.LINKS)
     n_train: int = knob(30, "training points", lo=1)
     n_val: int = knob(30, "validation points", lo=0)
     n_test: int = knob(500, "test points", lo=0)
@@ -114,6 +116,9 @@ class SweepConfig:
     drop_rate: list[float] = knob([], "dropout probabilities to sweep", lo=0.0, hi=1.0,
                                   hi_open=True)
     n_train: list[int] = knob([], "training-set sizes to sweep", lo=1)
+    noise: list[float] = knob([], "noise levels (data.noise) to sweep (bias_variance)", lo=0.0)
+    flip: list[float] = knob([], "label-flip rates (data.flip) to sweep (bias_variance)",
+                             lo=0.0, hi=1.0, hi_open=True)
     seeds: int = knob(10, "repeats per grid point (training-set draws)", lo=1)
     inits: int = knob(1, "initialisations per training set (bias_variance)", lo=1)
 

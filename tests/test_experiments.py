@@ -1,0 +1,74 @@
+"""Experiment drivers against known math: the numbers behind the gallery's curves."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from overfit import experiments, scenario, theory
+
+
+def _run(kind: str, **sections) -> list[dict]:
+    sc = scenario.from_dict({"name": "t", "kind": kind, **sections})
+    rows, figures = experiments.EXPERIMENTS[kind](sc)
+    for fig in figures.values():
+        plt.close(fig)
+    return rows
+
+
+def test_bias_variance_vs_n_train_matches_the_exact_least_squares_variance():
+    """Isotropic Gaussian design, n > p: E test variance = s2 p / (n - p - 1), no bias
+    (GROUND_TRUTH §2, the exact finite-sample risk left of the threshold)."""
+    rows = _run("bias_variance",
+                data={"source": "linear", "p": 10, "n_test": 2000, "noise": 1.0},
+                model={"kind": "linear"}, train={"method": "closed_form"},
+                sweep={"n_train": [30, 60], "seeds": 400})
+    assert [r["n_train"] for r in rows] == [30, 60]
+    want = theory.min_norm_risk(10, np.array([30, 60]), 1.0, 1.0)
+    np.testing.assert_allclose([r["variance"] for r in rows], want, rtol=0.08)
+    assert all(abs(r["bias2"]) < 0.01 and r["noise"] == pytest.approx(1.0) for r in rows)
+
+
+def test_bias_variance_vs_noise_scales_every_term_with_the_noise_variance():
+    """Fixed design, the same noise draws scaled by sigma, a model class that holds the
+    truth (a cubic): predictions are A f + sigma A z, so bias^2 and variance are both
+    exactly proportional to sigma^2 and the noise term is sigma^2."""
+    rows = _run("bias_variance",
+                data={"source": "regression", "target": "poly", "domain": [-1.0, 1.0],
+                      "x_dist": "grid", "n_train": 12, "n_test": 300},
+                model={"kind": "polynomial", "max_degree": 3},
+                train={"method": "closed_form"},
+                sweep={"noise": [0.1, 0.2, 0.4], "seeds": 50})
+    sigma2 = np.array([0.01, 0.04, 0.16])
+    np.testing.assert_allclose([r["noise"] for r in rows], sigma2, rtol=1e-5)
+    for term in ("variance", "bias2"):
+        ratio = np.array([r[term] for r in rows]) / sigma2
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+    # 4 parameters on 12 fixed points: the variance is about 4 sigma^2 / 12 at the points
+    assert 0.15 < rows[0]["variance"] / sigma2[0] < 0.6
+
+
+def test_bias_variance_needs_exactly_one_swept_axis():
+    with pytest.raises(ValueError, match="exactly one of sweep.capacity"):
+        _run("bias_variance", train={"method": "closed_form"},
+             sweep={"capacity": [1, 2], "n_train": [10, 20], "seeds": 2})
+
+
+def test_learning_curves_training_error_is_s2_times_one_minus_p_over_n():
+    """A degree-8 polynomial holds cos(1.5 pi x) to ~1e-6, so its mean training MSE is
+    the least-squares s2 (1 - p/n) of GROUND_TRUTH §1 (p = 9 parameters), and the gap
+    to the validation error shrinks as n grows; the line's gap is its bias, not variance."""
+    rows = _run("learning_curves",
+                data={"source": "regression", "target": "cos", "noise": 0.3, "n_val": 300,
+                      "n_test": 10},
+                model={"kind": "polynomial"}, train={"method": "closed_form"},
+                sweep={"capacity": [1, 8], "n_train": [30, 100], "seeds": 200})
+    def mean(key, n, degree):
+        return np.mean([r[key] for r in rows if r["n_train"] == n and r["degree"] == degree])
+
+    for n in (30, 100):
+        assert mean("train_mse", n, 8) == pytest.approx(0.09 * (1 - 9 / n), rel=0.04)
+    gaps = [mean("val_mse", n, 8) - mean("train_mse", n, 8) for n in (30, 100)]
+    assert gaps[1] < gaps[0] / 2
+    assert mean("val_mse", 100, 8) < mean("val_mse", 100, 1)  # the strong model wins with data
