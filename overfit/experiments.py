@@ -46,7 +46,8 @@ def draw(scenario: Scenario, key: jax.Array, n_draws: int) -> datasets.Dataset:
     if d.source == "preset":
         return datasets.make_classification_preset(seed=scenario.seed, flip_y=d.flip_y)
     if d.source == "real":
-        return datasets.real(d.name, seed=scenario.seed, label_noise=d.label_noise)
+        return datasets.real(d.name, seed=scenario.seed, label_noise=d.label_noise,
+                             val_frac=d.val_frac, test_frac=d.test_frac)
     if d.source == "regression":
         sample = lambda k: datasets.regression(  # noqa: E731
             k, target=d.target, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
@@ -160,13 +161,15 @@ def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
     if t.input_noise:
         hparams["input_noise"] = t.input_noise
     return fit(model, data, key=keys, optimizer=optimizer(scenario), epochs=t.epochs,
+               loss=None if t.loss == "auto" else t.loss,
                batch_size=t.batch_size or None, hparams=hparams, eval_every=t.eval_every,
                early_stopping=stopper(scenario) if stop else None)
 
 
 def scores(model: models.Model, params, state, data: datasets.Dataset) -> dict[str, jax.Array]:
-    """Metrics of ONE model on every split: MSE (and the risk against the truth f)
-    for regression, accuracy for classification."""
+    """Metrics of ONE model on every split: MSE for regression, accuracy for
+    classification; and the test outputs against the truth f: ``test_risk``
+    (MSE vs f) or ``test_accuracy_clean`` (vs the labels before label noise)."""
     loss = default_loss(model, data)
     name = "accuracy" if data.task == "classification" else "mse"
     result = {}
@@ -174,8 +177,8 @@ def scores(model: models.Model, params, state, data: datasets.Dataset) -> dict[s
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         out = model.apply(params, state, x)  # one forward pass per split
         result[f"{split}_{name}"] = score_outputs(out, y, loss, data.task)[1]
-    if data.task == "regression":  # the test outputs again, against the truth f
-        result["test_risk"] = score_outputs(out, data.f_test, loss, data.task)[1]
+    truth = "test_risk" if data.task == "regression" else "test_accuracy_clean"
+    result[truth] = score_outputs(out, data.f_test, loss, data.task)[1]
     return result
 
 
@@ -697,17 +700,22 @@ def _min_norm_member(model: models.Model, isotropic: bool, r2: float) -> Callabl
 
 
 def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
-    """Min-norm risk through the interpolation threshold, model-wise or sample-wise.
+    """Risk through the interpolation threshold, model-wise or sample-wise.
 
+    ``train.method = "gradient"`` trains a capacity sweep (an MLP's width) and
+    adds the epoch-wise curves (:func:`_double_descent_trained`). Otherwise, min-norm:
     ``sweep.capacity`` sweeps the parameters P (features N, or inputs p) at
     fixed n in one batched call; ``sweep.n_train`` sweeps n at fixed P ("more
     data can hurt"), one compile per n. With the isotropic linear source and
     model the exact finite-sample and asymptotic theory are overlaid;
     ``sweep.l2`` adds ridge curves (a grid axis of the same call).
     """
-    if scenario.train.method != "closed_form":
-        raise ValueError("kind='double_descent' needs train.method='closed_form' (min-norm).")
     sample_wise = bool(scenario.sweep.n_train)
+    if scenario.train.method != "closed_form":
+        if sample_wise:
+            raise ValueError("kind='double_descent' sweeps sweep.n_train with "
+                             "train.method='closed_form' only (min-norm solutions).")
+        return _double_descent_trained(scenario)
     values = scenario.sweep.n_train if sample_wise else _require(scenario, "capacity")
     key_data, key_model, key_coef = jax.random.split(jax.random.key(scenario.seed), 3)
     n_sets, ridges = scenario.sweep.seeds, [0.0, *scenario.sweep.l2]
@@ -741,6 +749,46 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
             for label in labels for i, v in enumerate(values) for s_ in range(n_sets)]
     return rows, {"double_descent": _double_descent_figure(scenario, values, curves,
                                                            sample_wise, isotropic)}
+
+
+def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
+    """Capacity sweep of gradient-trained models, all in one call: final train and
+    test error vs parameters / (n_train x outputs), and test error per epoch.
+
+    The threshold marked is where the parameters could fit every training
+    target (``n_train x outputs``, Belkin et al. 2019); with label noise the
+    test error peaks near it. Classification error is against the clean labels.
+    """
+    caps = _require(scenario, "capacity")
+    key_data, key_model = _keys(scenario)
+    n_seeds = scenario.sweep.seeds
+    data = draw(scenario, key_data, n_seeds)
+    model = build_model(scenario, data)
+    flat, shape = grid(capacity=caps, seed=range(n_seeds))
+    result = train_grid(scenario, model, data, {model.capacity: flat["capacity"]}, key_model)
+    values = grid_scores(scenario, model, result, data)
+    v = {k: a.reshape(shape) for k, a in values.items()}
+    if "train_accuracy" in v:
+        name, final = "error", {"train": 1 - v["train_accuracy"],
+                                "test (clean labels)": 1 - v["test_accuracy_clean"]}
+        history = 1 - np.asarray(result.history.val_metric)
+    else:
+        name, final = "mse", {"train": v["train_mse"], "test (vs f)": v["test_risk"]}
+        history = np.asarray(result.history.val_metric)
+    threshold = data.x_train.shape[-2] * model.n_out
+    x = v["n_params"][:, 0] / threshold
+    fig, axes = panels(2, size=(5.8, 4.2), title=scenario.title or "Double descent")
+    CurveDisplay(x, final, xlabel=f"parameters / (n_train x {model.n_out} outputs)",
+                 ylabel=f"{name} after training (mean, 1 std)",
+                 markers={"interpolation threshold": 1.0}).plot(ax=axes[0], logx=True)
+    history = history.reshape(*shape, -1)
+    shown = sorted({int(round(i)) for i in np.linspace(0, len(caps) - 1, 4)})
+    CurveDisplay(np.asarray(result.epochs),
+                 {f"{model.capacity} {caps[i]} ({x[i]:.2g}x)": history[i].T for i in shown},
+                 xlabel="epoch", ylabel=f"validation {name}", title="epoch-wise"
+                 ).plot(ax=axes[1])
+    return _rows({model.capacity: caps, "seed": range(n_seeds)}, values), {
+        "double_descent": fig}
 
 
 def _double_descent_figure(scenario, values, curves, sample_wise, isotropic) -> Any:

@@ -59,6 +59,10 @@ class DataConfig:
                          lo=0.0, hi=1.0, hi_open=True)
     label_noise: float = knob(0.0, "label noise injected into a real data set", lo=0.0,
                               hi=1.0, hi_open=True)
+    val_frac: float = knob(0.15, "validation fraction of a real data set", lo=0.0, hi=1.0,
+                           lo_open=True, hi_open=True)
+    test_frac: float = knob(0.15, "test fraction of a real data set (the rest trains)",
+                            lo=0.0, hi=1.0, lo_open=True, hi_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +86,8 @@ class TrainConfig:
     method: str = knob("gradient", "closed-form solve or gradient training",
                        choices=("closed_form", "gradient"))
     optimizer: str = knob("adam", "optax optimizer", choices=("adam", "sgd", "adamw"))
+    loss: str = knob("auto", "training loss (auto: mse, bce or ce from the task)",
+                     choices=("auto", "mse", "bce", "ce", "mse_onehot"))
     learning_rate: float = knob(0.01, "step size", lo=0.0)
     epochs: int = knob(100, "training epochs", lo=1)
     batch_size: int = knob(0, "minibatch size (0 = full batch)", lo=0)

@@ -18,9 +18,9 @@ from overfit._checks import check_choice, check_range
 
 
 def knob(default: Any, doc: str, *, choices: tuple | None = None, lo: float | None = None,
-         hi: float | None = None, hi_open: bool = False) -> Any:
+         hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Any:
     """A schema field: its default, one line of docs, and what values it allows."""
-    meta = dict(doc=doc, choices=choices, lo=lo, hi=hi, hi_open=hi_open)
+    meta = dict(doc=doc, choices=choices, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
     if isinstance(default, list | tuple):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -53,7 +53,8 @@ def _check(where: str, value: Any, meta: Mapping[str, Any]) -> None:
         if meta["choices"] is not None:
             check_choice(where, v, meta["choices"])
         if meta["lo"] is not None or meta["hi"] is not None:
-            check_range(where, v, lo=meta["lo"], hi=meta["hi"], hi_open=meta["hi_open"])
+            check_range(where, v, lo=meta["lo"], hi=meta["hi"], lo_open=meta["lo_open"],
+                        hi_open=meta["hi_open"])
 
 
 def build(cls: type, table: Mapping[str, Any], where: str) -> Any:
@@ -94,7 +95,8 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         elif meta.get("lo") is not None or meta.get("hi") is not None:
             lo = "-inf" if meta["lo"] is None else f"{meta['lo']:g}"
             hi = "inf" if meta["hi"] is None else f"{meta['hi']:g}"
-            allowed = f"[{lo}, {hi}{')' if meta['hi_open'] else ']'}"
+            left, right = "(" if meta["lo_open"] else "[", ")" if meta["hi_open"] else "]"
+            allowed = f"{left}{lo}, {hi}{right}"
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         rows.append((name, _type_name(hints[f.name]), repr(default), f"{allowed} {meta['doc']}"))
     return rows

@@ -43,10 +43,17 @@ def _half_squared(out: Array, y: Array) -> Array:
     return 0.5 * (out - y) ** 2
 
 
+def _half_squared_one_hot(out: Array, y: Array) -> Array:
+    # square loss for classification (Hui & Belkin 2021): its interpolation
+    # threshold sits at n_train x n_classes parameters, as in Belkin et al. (2019)
+    return 0.5 * jnp.sum((out - jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)) ** 2, -1)
+
+
 LOSSES: dict[str, Loss] = {
     "mse": _half_squared,
     "bce": lambda out, y: optax.sigmoid_binary_cross_entropy(out, y.astype(out.dtype)),
     "ce": optax.softmax_cross_entropy_with_integer_labels,
+    "mse_onehot": _half_squared_one_hot,
 }
 
 
@@ -109,14 +116,14 @@ def _check_task(model: Model, data: Dataset, loss: str | Loss) -> None:
     if not isinstance(loss, str):
         return
     check_choice("loss", loss, LOSSES)
-    if loss in ("bce", "ce") and data.task != "classification":
+    if loss in ("bce", "ce", "mse_onehot") and data.task != "classification":
         raise ValueError(f"loss={loss!r} needs classification data (integer labels); "
                          f"the data set is {data.task!r}: use loss='mse'.")
     if loss == "bce" and (model.n_out != 1 or data.n_classes != 2):
         raise ValueError(f"loss='bce' needs a one-output model and 2 classes; got n_out="
                          f"{model.n_out}, n_classes={data.n_classes}: use loss='ce'.")
-    if loss == "ce" and model.n_out != data.n_classes:
-        raise ValueError(f"loss='ce' needs n_out == n_classes; got n_out={model.n_out}, "
+    if loss in ("ce", "mse_onehot") and model.n_out != data.n_classes:
+        raise ValueError(f"loss={loss!r} needs n_out == n_classes; got n_out={model.n_out}, "
                          f"n_classes={data.n_classes}.")
 
 
@@ -325,7 +332,8 @@ def fit(
             ``hparams`` returning one (to sweep a learning rate or penalty
             under vmap). Default ``optax.adam(1e-2)``. Compiled code is cached
             per optimizer object: reuse one (not a fresh lambda) across calls.
-        loss: ``"mse"``, ``"bce"``, ``"ce"`` or ``f(out, y) -> per-example``;
+        loss: ``"mse"``, ``"bce"``, ``"ce"``, ``"mse_onehot"`` (square loss on one-hot
+            labels) or ``f(out, y) -> per-example``;
             default from the task (:func:`default_loss`).
         epochs: training budget; one epoch is one pass over the training split.
         batch_size: minibatch size with per-epoch reshuffling; None = full batch.

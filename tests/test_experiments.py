@@ -72,3 +72,23 @@ def test_learning_curves_training_error_is_s2_times_one_minus_p_over_n():
     gaps = [mean("val_mse", n, 8) - mean("train_mse", n, 8) for n in (30, 100)]
     assert gaps[1] < gaps[0] / 2
     assert mean("val_mse", 100, 8) < mean("val_mse", 100, 1)  # the strong model wins with data
+
+
+def test_trained_double_descent_interpolates_past_n_times_k_parameters():
+    """Square loss on one-hot labels: a width whose parameters are below n x K cannot fit
+    20 % flipped labels, one well past it fits every training label (Belkin et al. 2019)."""
+    rows = _run("double_descent",
+                data={"source": "real", "name": "digits", "label_noise": 0.2,
+                      "val_frac": 0.25, "test_frac": 0.65},
+                model={"kind": "mlp", "hidden": [64], "activation": "relu"},
+                train={"loss": "mse_onehot", "epochs": 2000, "learning_rate": 0.003,
+                       "eval_every": 500},
+                sweep={"capacity": [8, 48], "seeds": 1})
+    threshold = 180 * 10  # 10 % of digits' 1797 images, 10 classes
+    narrow, wide = rows
+    assert narrow["n_params"] == 64 * 8 + 8 + 8 * 10 + 10 < threshold / 2
+    assert wide["n_params"] > 1.5 * threshold
+    assert 1 - narrow["train_accuracy"] > 0.1
+    assert wide["train_accuracy"] == 1.0
+    # the clean-label score is computed against the labels before the noise
+    assert wide["test_accuracy_clean"] > wide["test_accuracy"]
