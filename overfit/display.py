@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -63,6 +64,8 @@ class CurveDisplay:
             interpolation threshold, where a few draws dominate the mean).
         errors: name -> ``(n_x,)`` half-widths (e.g. standard errors) drawn as
             the band of a curve given as ``(n_x,)``, instead of a spread.
+        note: a line written in the lower-left corner, e.g. which runs were
+            left out because they diverged.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class CurveDisplay:
         markers: Mapping[str, Any] | None = None,
         center: str = "mean",
         errors: Mapping[str, Any] | None = None,
+        note: str | None = None,
     ):
         self.errors = {k: np.asarray(v, float) for k, v in (errors or {}).items()}
         if center not in ("mean", "median"):
@@ -88,6 +92,7 @@ class CurveDisplay:
         self.xlabel, self.ylabel, self.title = xlabel, ylabel, title
         self.best, self.best_mode = best, best_mode
         self.markers = dict(markers or {})
+        self.note = note
 
     def mean(self, name: str) -> np.ndarray:
         """Mean over repeats, ``(n_x,)``; NaN where no repeat has a value."""
@@ -110,7 +115,8 @@ class CurveDisplay:
             mid = self.mean(name)
             return mid, mid - self.errors[name], mid + self.errors[name]
         if self.center == "median":
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():  # an all-NaN x (every run diverged) stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
                 low, mid, high = np.nanpercentile(values, [25, 50, 75], axis=1)
             return mid, low, high
         mean, std = self.mean(name), self.std(name)
@@ -167,6 +173,9 @@ class CurveDisplay:
                 ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         if logy:
             ax.set_yscale("log")
+        if self.note:
+            ax.text(0.01, 0.01, self.note, transform=ax.transAxes, fontsize="small",
+                    color="C3", va="bottom")
         return _finish(self, ax, xlabel=self.xlabel, ylabel=self.ylabel, title=self.title)
 
     @classmethod
@@ -175,14 +184,18 @@ class CurveDisplay:
 
         ``result`` may carry any leading member axes; ``quantity`` is
         ``"loss"`` or ``"metric"``. The validation optimum is marked (minimum
-        loss or MSE, maximum accuracy): the lesson's "stop here".
+        loss or MSE, maximum accuracy): the lesson's "stop here". Members whose
+        loss diverged are left out, and a note says how many.
         """
         if quantity not in ("loss", "metric"):
             raise ValueError(f"quantity={quantity!r}; choose 'loss' or 'metric'.")
         h = result.history
         train, val = (h.train_loss, h.val_loss) if quantity == "loss" else (
             h.train_metric, h.val_metric)
-        as_cols = lambda a: np.asarray(a).reshape(-1, a.shape[-1]).T  # noqa: E731
+        diverged = np.asarray(result.diverged_epoch).reshape(-1) >= 0
+        as_cols = lambda a: np.where(  # noqa: E731
+            diverged, np.nan, np.asarray(a).reshape(-1, a.shape[-1]).T)
+        kwargs.setdefault("note", divergence_note(diverged))
         label = "loss" if quantity == "loss" else result.metric
         kwargs.setdefault("xlabel", "epoch")
         kwargs.setdefault("ylabel", label)
@@ -190,6 +203,13 @@ class CurveDisplay:
         kwargs.setdefault("best_mode", "max" if label == "accuracy" else "min")
         return cls(np.asarray(result.epochs), {"train": as_cols(train), "validation": as_cols(val)},
                    **kwargs)
+
+
+def divergence_note(diverged: Any) -> str | None:
+    """``"k of M runs diverged (NaN/inf loss): left out"``, or None when none did."""
+    diverged = np.asarray(diverged, bool).reshape(-1)
+    k = int(diverged.sum())
+    return f"{k} of {diverged.size} runs diverged (NaN/inf loss): left out" if k else None
 
 
 class FitDisplay:

@@ -24,6 +24,7 @@ from overfit.display import (
     CurveDisplay,
     FitDisplay,
     HistogramDisplay,
+    divergence_note,
     panels,
 )
 from overfit.early_stopping import EarlyStopping, patience, prechelt
@@ -231,7 +232,11 @@ def _solve_grid(model, data, hparams, keys, ridge, draw_index=None) -> Solved:
 
 def grid_scores(scenario: Scenario, model: models.Model, result, data,
                 draw_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Per-member metrics ``(M,)`` of a ``train_grid`` result (closed form or trained)."""
+    """Per-member metrics ``(M,)`` of a ``train_grid`` result (closed form or trained).
+
+    A trained result adds ``diverged_epoch`` (-1: never); the metrics of a
+    member that diverged are NaN, so no mean or plot takes them silently.
+    """
     n = jax.tree.leaves(result.params)[0].shape[0]
     draw_index = draw_indices(data, n, scenario.sweep.seeds, draw_index)
     with jax.enable_x64(isinstance(result, Solved)):
@@ -243,13 +248,24 @@ def grid_scores(scenario: Scenario, model: models.Model, result, data,
 
         values = _per_member(data, (result.params, result.state), one, width=_width(model),
                              draw_index=draw_index)
-        return {k: np.asarray(v) for k, v in values.items()}
+    values = {k: np.asarray(v) for k, v in values.items()}
+    if isinstance(result, FitResult):
+        diverged = np.asarray(result.diverged_epoch).reshape(-1)
+        values = {k: v if k == "n_params" else np.where(diverged >= 0, np.nan, v)
+                  for k, v in values.items()}
+        values["diverged_epoch"] = diverged
+    return values
+
+
+def _note(values: dict[str, np.ndarray]) -> str | None:
+    """The plots' note on diverged members of a ``grid_scores`` result."""
+    return divergence_note(values["diverged_epoch"] >= 0) if "diverged_epoch" in values else None
 
 
 def _rows(axes: dict[str, Any], values: dict[str, np.ndarray]) -> Rows:
     """Tidy rows: the grid's coordinates first, then every metric."""
     flat, _ = grid(**axes)
-    ints = {"n_params", "best_epoch", "stop_epoch"}
+    ints = {"n_params", "best_epoch", "stop_epoch", "diverged_epoch"}
     return [{**{k: v[i].item() for k, v in flat.items()},
              **{k: int(v[i]) if k in ints else float(v[i]) for k, v in values.items()}}
             for i in range(len(next(iter(flat.values()))))]
@@ -299,7 +315,8 @@ def capacity_curve(scenario: Scenario) -> tuple[Rows, Figures]:
         caps, {"train": v["train_mse"], "validation": v["val_mse"],
                "test (noise-free f)": v["test_risk"]},
         xlabel=model.capacity, ylabel="mean squared error (median, quartiles)",
-        best="validation", center="median", title=scenario.title or "Error vs capacity")
+        best="validation", center="median", title=scenario.title or "Error vs capacity",
+        note=_note(values))
     fig, (ax,) = panels(1, size=(6, 4.2))
     display.plot(ax=ax, logy=True, logx=False)
     return rows, {"capacity_curve": fig}
@@ -312,8 +329,11 @@ def _history_rows(result: FitResult, **extra: np.ndarray) -> Rows:
                f"train_{metric}": h.train_metric, f"val_{metric}": h.val_metric}
     columns = {k: np.asarray(v) for k, v in columns.items()}
     best = np.asarray(result.best_epoch) + 1
+    diverged = np.asarray(result.diverged_epoch)
+    diverged = np.where(diverged >= 0, diverged + 1, -1)  # 1-based like the epochs
     return [{**{k: v[m].item() for k, v in extra.items()}, "member": m, "epoch": int(e),
-             **{k: float(v[m, i]) for k, v in columns.items()}, "best_epoch": int(best[m])}
+             **{k: float(v[m, i]) for k, v in columns.items()}, "best_epoch": int(best[m]),
+             "diverged_epoch": int(diverged[m])}
             for m in range(len(best)) for i, e in enumerate(np.asarray(result.epochs))]
 
 
@@ -377,8 +397,9 @@ def dropout(scenario: Scenario) -> tuple[Rows, Figures]:
     flat, shape = grid(drop_rate=rates, seed=range(n_seeds))
     result = train_grid(scenario, model, data, {"drop_rate": flat["drop_rate"]}, key_model)
     metric, epochs = result.metric, np.asarray(result.epochs)
-    val = np.asarray(result.history.val_metric).reshape(*shape, -1)
     values = grid_scores(scenario, model, result, data)
+    val = np.where((values["diverged_epoch"] >= 0)[:, None], np.nan,
+                   np.asarray(result.history.val_metric)).reshape(*shape, -1)
     gap = values[f"train_{metric}"] - values[f"val_{metric}"]
     fig, axes = panels(2, size=(5.5, 4), title=scenario.title or "Dropout")
     CurveDisplay(epochs, {f"drop_rate {r:g}": val[i].T for i, r in enumerate(rates)},
@@ -387,7 +408,8 @@ def dropout(scenario: Scenario) -> tuple[Rows, Figures]:
     CurveDisplay(rates, {"train": values[f"train_{metric}"].reshape(shape),
                          "validation": values[f"val_{metric}"].reshape(shape),
                          "gap (train - validation)": gap.reshape(shape)},
-                 xlabel="drop_rate", ylabel=metric, title="after training").plot(ax=axes[1])
+                 xlabel="drop_rate", ylabel=metric, title="after training",
+                 note=_note(values)).plot(ax=axes[1])
     rows = _rows({"drop_rate": rates, "seed": range(n_seeds)}, {**values, "gap": gap})
     return rows, {"dropout": fig}
 
@@ -408,6 +430,7 @@ def validation_curve(scenario: Scenario) -> tuple[Rows, Figures]:
     fig, (ax,) = panels(1, size=(6, 4.2))
     CurveDisplay(lams, curves, xlabel="L2 strength lambda", ylabel=name, best="validation",
                  best_mode="max" if name == "accuracy" else "min", center="median",
+                 note=_note(values),
                  title=scenario.title or "Validation curve").plot(ax=ax, logy=name == "mse")
     return _rows({"l2": lams, "seed": range(n_seeds)}, values), {"validation_curve": fig}
 
@@ -451,7 +474,7 @@ def learning_curves(scenario: Scenario) -> tuple[Rows, Figures]:
         CurveDisplay(sizes, {"train": train, "validation": val}, xlabel="n_train",
                      ylabel=f"{name} (median, quartiles)", center="median",
                      title=f"{column} {cap}").plot(ax=axes[i], logy=name == "mse")
-    CurveDisplay(sizes, gaps, xlabel="n_train", center="median",
+    CurveDisplay(sizes, gaps, xlabel="n_train", center="median", note=_note(values),
                  ylabel=f"generalisation gap ({name})", title="the gap more data closes"
                  ).plot(ax=axes[-1], logy=name == "mse")
     return rows, {"learning_curves": fig}
@@ -775,11 +798,12 @@ def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
     else:
         name, final = "mse", {"train": v["train_mse"], "test (vs f)": v["test_risk"]}
         history = np.asarray(result.history.val_metric)
+    history = np.where((values["diverged_epoch"] >= 0)[:, None], np.nan, history)
     threshold = data.x_train.shape[-2] * model.n_out
     x = v["n_params"][:, 0] / threshold
     fig, axes = panels(2, size=(5.8, 4.2), title=scenario.title or "Double descent")
     CurveDisplay(x, final, xlabel=f"parameters / (n_train x {model.n_out} outputs)",
-                 ylabel=f"{name} after training (mean, 1 std)",
+                 ylabel=f"{name} after training (mean, 1 std)", note=_note(values),
                  markers={"interpolation threshold": 1.0}).plot(ax=axes[0], logx=True)
     history = history.reshape(*shape, -1)
     shown = sorted({int(round(i)) for i in np.linspace(0, len(caps) - 1, 4)})

@@ -84,6 +84,12 @@ class FitResult:
         stop_epoch: last epoch trained (0-based).
         test_loss, test_metric: loss and metric of the returned parameters on
             the test split.
+        diverged_epoch: epoch (0-based) after which the training loss was
+            first NaN or inf, -1 for a member that never diverged. Such a member
+            is frozen at its last finite evaluation (those are the parameters
+            returned), its history is NaN from there on, and the rest train on.
+        diverged_loss: that non-finite training loss (NaN or +-inf; NaN too
+            for members that never diverged: test with ``diverged_epoch``).
         metric: ``"accuracy"`` or ``"mse"`` (static).
         eval_every: epochs between history entries (static).
     """
@@ -95,6 +101,8 @@ class FitResult:
     stop_epoch: Array
     test_loss: Array
     test_metric: Array
+    diverged_epoch: Array
+    diverged_loss: Array
     metric: str = dataclasses.field(metadata=dict(static=True))
     eval_every: int = dataclasses.field(default=1, metadata=dict(static=True))
 
@@ -179,6 +187,8 @@ class _Member(NamedTuple):
     opt_state: Any
     best_params: Params | None  # only tracked when the rule restores the best
     stop: StopState
+    diverged: Array  # evaluation at which the training loss was first non-finite, or -1
+    diverged_loss: Array
 
 
 def _batches(key: Array, n: int, batch_size: int) -> tuple[Array, Array]:
@@ -209,7 +219,8 @@ class _Trainer(NamedTuple):
         params, state = model.init(key, **{k: v for k, v in hparams.items() if k in model.hparams})
         opt_state = self.optimizer(hparams).init(params)
         best = params if self.config.stopper.restore_best else None
-        return _Member(params, opt_state, best, self.config.stopper.init()), state
+        return _Member(params, opt_state, best, self.config.stopper.init(),
+                       jnp.asarray(-1, jnp.int32), jnp.asarray(jnp.nan, jnp.float32)), state
 
     def step(self, params, opt_state, state, key, x, y, weight, hparams):
         k_drop, k_noise = jax.random.split(key)
@@ -259,10 +270,19 @@ class _Trainer(NamedTuple):
         tr = score_outputs(out[:n], data.y_train, self.config.loss, data.task)
         va = score_outputs(out[n:], data.y_val, self.config.loss, data.task)
         values = tuple(jnp.asarray(v, jnp.float32) for v in (tr[0], va[0], tr[1], va[1]))
-        if stopper is never():  # nothing can stop: no masking, no copies of the parameters
-            return _Member(params, opt_state, None, member.stop), values
+        # a member whose training loss turns NaN or inf keeps its last finite
+        # parameters and is flagged; the rest of the sweep trains on
+        hit = (member.diverged < 0) & ~jnp.isfinite(values[0])
+        frozen = (member.diverged >= 0) | hit
+        params = _select(frozen, member.params, params)
+        diverged = jnp.where(hit, check, member.diverged)
+        diverged_loss = jnp.where(hit, values[0], member.diverged_loss)
+        if stopper is never():  # nothing else can stop: no copies of the best parameters
+            return _Member(params, opt_state, None, member.stop, diverged, diverged_loss), tuple(
+                jnp.where(frozen, jnp.nan, v) for v in values)
         stop = stopper.update(member.stop, check, _monitored(stopper.monitor, values),
                               _monitored(stopper.monitor.replace("val_", "train_"), values))
+        stop = _select(frozen, member.stop, stop)  # the rule never sees a diverged evaluation
         done = member.stop.stopped
         # A stopped member's rule state no longer changes (the rules guard it), so
         # nothing can improve on its best: only what is returned needs freezing, the
@@ -272,19 +292,23 @@ class _Trainer(NamedTuple):
             best = _select(stop.best_epoch == check, params, member.best_params)
         else:
             best, params = None, _select(done, member.params, params)
-        return _Member(params, opt_state, best, stop), tuple(
-            jnp.where(done, jnp.nan, v) for v in values)
+        return _Member(params, opt_state, best, stop, diverged, diverged_loss), tuple(
+            jnp.where(done | frozen, jnp.nan, v) for v in values)
 
     def finish(self, member: _Member, state: State, last: Array, data: Dataset) -> tuple:
         """Pick the returned parameters; convert check counts to 0-based epochs."""
         stopper, every = self.config.stopper, self.config.eval_every
         stop = jnp.where(member.stop.stopped, member.stop.stop_epoch, last)
+        # a diverged member last trained at its last finite evaluation (-1: none)
+        stop = jnp.where(member.diverged >= 0, jnp.minimum(stop, member.diverged - 1), stop)
         # without restoring, the returned parameters are those of the last epoch trained
         params, best = member.params, stop
         if stopper.restore_best:
-            params, best = member.best_params, member.stop.best_epoch
+            params, best = member.best_params, jnp.minimum(member.stop.best_epoch, stop)
+        diverged = jnp.where(member.diverged >= 0, (member.diverged + 1) * every - 1, -1)
         return (params, (best + 1) * every - 1, (stop + 1) * every - 1,
-                *self.measure(params, state, data.x_test, data.y_test, data.task))
+                *self.measure(params, state, data.x_test, data.y_test, data.task),
+                diverged, member.diverged_loss)
 
 
 def _select(pred: Array, on_true: Any, on_false: Any) -> Any:
@@ -438,7 +462,7 @@ def _fit(key: Array, data: Dataset, hparams: Mapping[str, Any], *, config: _Conf
 
     def cond(carry):
         check, members, _ = carry
-        return (check < checks) & ~jnp.all(members.stop.stopped)
+        return (check < checks) & ~jnp.all(members.stop.stopped | (members.diverged >= 0))
 
     def body(carry):
         epoch, members, history = carry
@@ -449,8 +473,8 @@ def _fit(key: Array, data: Dataset, hparams: Mapping[str, Any], *, config: _Conf
     carry = (jnp.asarray(0, jnp.int32), members, History(nan, nan, nan, nan))
     last, members, history = jax.lax.while_loop(cond, body, carry)
     finish = jax.vmap(trainer.finish, in_axes=(0, 0, None, data_axis))
-    params, best_epoch, stop_epoch, test_loss, test_metric = finish(members, state, last - 1, data)
+    params, best_epoch, stop_epoch, *tail = finish(members, state, last - 1, data)
     metric = "accuracy" if data.task == "classification" else "mse"
-    result = FitResult(params, state, history, best_epoch, stop_epoch, test_loss, test_metric,
-                       metric, config.eval_every)
+    result = FitResult(params, state, history, best_epoch, stop_epoch, *tail, metric,
+                       config.eval_every)
     return jax.tree.map(lambda a: a[0], result) if single else result

@@ -92,3 +92,21 @@ def test_trained_double_descent_interpolates_past_n_times_k_parameters():
     assert wide["train_accuracy"] == 1.0
     # the clean-label score is computed against the labels before the noise
     assert wide["test_accuracy_clean"] > wide["test_accuracy"]
+
+
+def test_diverged_members_are_flagged_in_the_table_and_left_out_of_the_plot():
+    """A huge L2 with SGD explodes: those rows carry diverged_epoch and NaN metrics
+    (never a silent number), and the figure says how many runs were left out."""
+    sc = scenario.from_dict({
+        "name": "t", "kind": "validation_curve",
+        "data": {"source": "regression", "target": "sin", "n_train": 20, "n_test": 20},
+        "model": {"kind": "mlp", "hidden": [8]},
+        "train": {"optimizer": "sgd", "learning_rate": 0.1, "epochs": 20, "eval_every": 5},
+        "sweep": {"l2": [0.0, 1e4], "seeds": 2}})
+    rows, figures = experiments.validation_curve(sc)
+    texts = [t.get_text() for ax in figures["validation_curve"].axes for t in ax.texts]
+    plt.close(figures["validation_curve"])
+    calm, wild = [r for r in rows if r["l2"] == 0.0], [r for r in rows if r["l2"] == 1e4]
+    assert all(r["diverged_epoch"] == -1 and np.isfinite(r["val_mse"]) for r in calm)
+    assert all(r["diverged_epoch"] >= 0 and np.isnan(r["val_mse"]) for r in wild)
+    assert "2 of 4 runs diverged (NaN/inf loss): left out" in texts

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from overfit.data import Dataset
+from overfit.data import Dataset, regression
 from overfit.early_stopping import never, patience
 from overfit.models import linear, mlp, polynomial
 from overfit.solve import solve
@@ -340,3 +340,28 @@ def test_fit_compiles_once_for_repeated_default_calls(reg_data):
     fit(model, reg_data, key=jax.random.key(0), epochs=1)
     fit(model, reg_data, key=jax.random.key(1), epochs=1)
     assert _fit._cache_size() - before == 1
+
+
+def test_a_diverging_member_is_frozen_and_flagged_while_the_rest_train_on():
+    """SGD at lr = 1e3 blows up an MLP at once: that member keeps finite parameters and
+    is flagged with the epoch; its history is NaN; the healthy members are bit-for-bit
+    what they would be without it, and the same holds under early stopping."""
+    data = regression(jax.random.key(0), target="sin", n_train=30, noise=0.1)
+    model = mlp(1, (16,))
+    keys = jax.random.split(jax.random.key(1), 3)
+    make = lambda h: optax.sgd(h["lr"])  # noqa: E731
+    for rule in (None, patience(patience=50)):
+        kw = dict(optimizer=make, epochs=100, eval_every=10, early_stopping=rule)
+        res = fit(model, data, key=keys, hparams={"lr": jnp.array([0.05, 1e3, 0.05])}, **kw)
+        np.testing.assert_array_equal(res.diverged_epoch, [-1, 9, -1])
+        assert not np.isfinite(res.diverged_loss[1])
+        assert all(np.isfinite(a).all() for a in jax.tree.leaves(res.params))
+        assert np.isnan(res.history.train_loss[1]).all()
+        assert res.stop_epoch[1] == -1 and res.best_epoch[1] == -1  # the initial parameters
+        healthy = fit(model, data, key=keys[jnp.array([0, 2])],
+                      hparams={"lr": jnp.array([0.05, 0.05])}, **kw)
+        _assert_tree_close(_member(res.params, 0), _member(healthy.params, 0), rtol=1e-6,
+                           atol=1e-7)
+        np.testing.assert_allclose(res.history.val_loss[2], healthy.history.val_loss[1],
+                                   rtol=1e-6)
+        np.testing.assert_array_equal(healthy.diverged_epoch, [-1, -1])
