@@ -30,7 +30,7 @@ from overfit.display import (
 from overfit.early_stopping import EarlyStopping, patience, prechelt
 from overfit.scenario import Scenario
 from overfit.solve import fit_linear
-from overfit.sweep import batch_size_for, grid, map_members, take
+from overfit.sweep import batch_size_for, grid, map_members, shape_groups, take
 from overfit.train import FitResult, default_loss, fit, score_outputs
 
 Rows = list[dict[str, Any]]
@@ -696,6 +696,12 @@ def _signal_on_first(data: datasets.Dataset, n_inputs: jax.Array, key: jax.Array
     return dataclasses.replace(data, **splits), b
 
 
+def _first_inputs(data: datasets.Dataset, p: int) -> datasets.Dataset:
+    """The data with only its first ``p`` input columns."""
+    return dataclasses.replace(data, **{f"x_{s}": getattr(data, f"x_{s}")[..., :p]
+                                        for s in ("train", "val", "test")})
+
+
 def _min_norm_member(model: models.Model, isotropic: bool, r2: float) -> Callable:
     """One member of a double-descent grid: fit, then test risk, train MSE, |coef|^2.
 
@@ -750,20 +756,31 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
         variant = dataclasses.replace(scenario, data=dataclasses.replace(
             scenario.data, n_train=n_train))
         data = draw(variant, key_data, n_sets)
-        model = build_model(variant, data)
-        # sample-wise: the model at its full capacity
-        caps = [int(model.init(key_model)[1][model.capacity])] if sample_wise else values
-        column = column if sample_wise else model.capacity
+        caps = values
+        if sample_wise:  # the model at its full capacity
+            full = build_model(variant, data)
+            caps = [int(full.init(key_model)[1][full.capacity])]
         flat, _ = grid(l2=ridges, value=caps, seed=range(n_sets))
         m = len(flat["seed"])
         members = (jax.random.split(key_model, m), jnp.asarray(flat["value"]),
                    jnp.asarray(flat["l2"]), jax.random.split(key_coef, m))
-        with jax.enable_x64(True):
-            out = _per_member(_float64(data), members,
-                              _min_norm_member(model, isotropic, scenario.data.r2),
-                              width=_width(model), draw_index=flat["seed"])
-        parts.append({k: np.asarray(v).reshape(len(ridges), len(caps), n_sets)
-                      for k, v in out.items()})
+        out: dict[str, np.ndarray] = {}
+        # one compile per group of similar capacities: a member pays at most twice its cost
+        for group in shape_groups(caps):
+            sub = dataclasses.replace(variant, sweep=dataclasses.replace(
+                variant.sweep, capacity=group))
+            # the isotropic signal lives on the first `value` inputs: the rest can go
+            d = _first_inputs(data, max(group)) if isotropic else data
+            model = build_model(sub, d)
+            column = column if sample_wise else model.capacity
+            index = np.flatnonzero(np.isin(flat["value"], group))
+            with jax.enable_x64(True):
+                part = _per_member(_float64(d), take(members, index),
+                                   _min_norm_member(model, isotropic, scenario.data.r2),
+                                   width=_width(model), draw_index=flat["seed"][index])
+            for k, v in part.items():
+                out.setdefault(k, np.empty(m))[index] = np.asarray(v)
+        parts.append({k: v.reshape(len(ridges), len(caps), n_sets) for k, v in out.items()})
     risks = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
     labels = ["min-norm" if lam == 0 else f"ridge lambda={lam:g}" for lam in ridges]
     curves = {label: {k: v[r] for k, v in risks.items()} for r, label in enumerate(labels)}

@@ -30,6 +30,24 @@ def unflatten(tree: Any, shape: tuple[int, ...]) -> Any:
     return jax.tree.map(lambda a: a.reshape(*shape, *a.shape[1:]), tree)
 
 
+def shape_groups(values: Sequence[int], ratio: float = 2.0) -> list[list[int]]:
+    """Split capacities into groups whose largest is at most ``ratio`` x their smallest.
+
+    A masked model costs what its largest capacity costs, so one compiled call
+    over capacities 10..1000 spends the 1000-feature price on every member.
+    Compiled per group instead, no member pays more than ``ratio`` x its own
+    cost, for one compile per group. Example: ``[10, 20, 30, 100, 150]`` ->
+    ``[[10, 20], [30], [100, 150]]``.
+    """
+    groups: list[list[int]] = []
+    for v in sorted(set(values)):
+        if groups and v <= ratio * max(groups[-1][0], 1):
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    return groups
+
+
 def take(tree: Any, index: Any) -> Any:
     """Gather members ``index`` along the leading axis of every leaf."""
     return jax.tree.map(lambda a: a[np.asarray(index)], tree)
