@@ -12,7 +12,7 @@ $(BIN)/overfit: pyproject.toml
 
 .PHONY: demo test lint bench
 demo: $(BIN)/overfit  ## run every scenario -> plots/<scenario>/ and plots/index.html
-	$(BIN)/overfit gallery --scenarios scenarios --out plots
+	$(BIN)/overfit gallery --scenarios scenarios --out plots --force
 
 test: $(BIN)/overfit  ## the test suite (per-test timeout from pyproject.toml)
 	$(BIN)/pytest

@@ -1,7 +1,7 @@
 """The ``overfit`` command: a thin shell over :mod:`overfit.scenario`.
 
-    overfit run SCENARIO.toml [...] [--out DIR] [--set section.key=value ...]
-    overfit gallery [--scenarios DIR] [--out DIR] [--set ...]
+    overfit run SCENARIO.toml [...] [--out DIR] [--set section.key=value ...] [--force]
+    overfit gallery [--scenarios DIR] [--out DIR] [--set ...] [--force]
     overfit list [--scenarios DIR]
     overfit validate SCENARIO.toml [...]
     overfit options
@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, default=Path("plots"), help="output folder")
         p.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a field, e.g. train.epochs=10")
+        p.add_argument("--force", action="store_true",
+                       help="recompute and replace existing results (default: skip results "
+                            "of the same config and versions, refuse to replace others)")
     listing = sub.add_parser("list", help="list the scenario files")
     listing.add_argument("--scenarios", type=Path, default=Path("scenarios"))
     validate = sub.add_parser("validate", help="check scenario files without running them")
@@ -39,13 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(files: Sequence[Path], out: Path, overrides: Sequence[str]) -> list[Path]:
+def _run(files: Sequence[Path], out: Path, overrides: Sequence[str], force: bool
+         ) -> list[Path]:
+    loaded = [scenarios.load(path, overrides) for path in files]  # every typo before any work
     folders = []
-    for path in files:
+    for sc in loaded:
         start = time.perf_counter()
-        sc = scenarios.load(path, overrides)
-        folder = scenarios.run(sc, out)
-        print(f"{sc.name}: {time.perf_counter() - start:.1f} s -> {folder}")
+        if not force and scenarios.cached(sc, out):
+            print(f"{sc.name}: up to date (same config and versions; --force to recompute)")
+            folders.append(out / sc.name)
+            continue
+        folder = scenarios.run(sc, out, force=force)
+        print(f"{sc.name}: {time.perf_counter() - start:.1f} s -> {folder}", flush=True)
         folders.append(folder)
     return folders
 
@@ -75,12 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            _run(args.files, args.out, args.overrides)
+            _run(args.files, args.out, args.overrides, args.force)
         elif args.command == "gallery":
             files = sorted(args.scenarios.glob("*.toml"))
             if not files:
                 raise ValueError(f"no scenario files in {args.scenarios}/")
-            index = write_index(args.out, _run(files, args.out, args.overrides))
+            index = write_index(args.out, _run(files, args.out, args.overrides, args.force))
             print(f"gallery: {index}")
         elif args.command == "list":
             for path in sorted(args.scenarios.glob("*.toml")):

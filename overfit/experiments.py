@@ -207,7 +207,7 @@ def _per_member(data: datasets.Dataset, members: Any, f: Callable, *, width: int
         m, i = member
         return f(m, jax.tree.map(lambda a: a[i], draws))
 
-    return map_members(indexed, (members, jnp.asarray(draw_index)), shared=data,
+    return map_members(indexed, (members, np.asarray(draw_index)), shared=data,
                        batch_size=size)
 
 

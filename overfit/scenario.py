@@ -5,12 +5,18 @@ experiment (``overfit.experiments.EXPERIMENTS``) that turns it into a results
 table and figures. ``run`` writes them under ``out_dir/<name>/`` atomically:
 everything goes to a ``.partial`` folder first, which replaces the old results
 only once complete, so an interrupted run never leaves a table that looks done.
+
+Results are keyed by a fingerprint of the config, the package versions, the
+device and the precision: a run whose folder already holds results with the
+same fingerprint is skipped (so a gallery killed halfway resumes where it
+stopped), and results of anything else are never overwritten without ``force``.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -226,16 +232,75 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def run(scenario: Scenario, out_dir: str | os.PathLike) -> Path:
+def fingerprint(scenario: Scenario) -> str:
+    """Hash of what a result depends on: config, package versions, device, precision."""
+    env = environment()
+    payload = {"scenario": dataclasses.asdict(scenario), "versions": env["versions"],
+               "device": env["device"], "x64": env["x64"]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _finished(folder: Path) -> dict[str, Any] | None:
+    """The metadata of a complete results folder, or None."""
+    try:
+        meta = json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    files = ["results.csv", *meta.get("figures", [])]
+    return meta if all((folder / f).is_file() for f in files) else None
+
+
+def cached(scenario: Scenario, out_dir: str | os.PathLike) -> bool:
+    """Whether ``out_dir/<name>/`` already holds this scenario's results, same fingerprint."""
+    meta = _finished(Path(out_dir) / scenario.name)
+    return meta is not None and meta.get("fingerprint") == fingerprint(scenario)
+
+
+def _changed(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ between two config tables."""
+    out = []
+    for key, value in new.items():
+        if isinstance(value, Mapping):
+            out += _changed(old.get(key) or {}, value, f"{prefix}{key}.")
+        elif old.get(key) != value:
+            out.append(prefix + key)
+    return out
+
+
+def _difference(meta: dict[str, Any] | None, scenario: Scenario) -> str:
+    """What makes existing results differ from a run of ``scenario`` now."""
+    if meta is None:
+        return "an incomplete or unreadable result"
+    fields = _changed(meta.get("scenario", {}), dataclasses.asdict(scenario))
+    if fields:
+        return f"results of a different config ({', '.join(fields[:5])} differ)"
+    env, now = meta.get("environment", {}), environment()
+    versions = [f"{pkg} {v} (now {now['versions'].get(pkg)})"
+                for pkg, v in env.get("versions", {}).items() if now["versions"].get(pkg) != v]
+    if versions:
+        return f"results written by another version: {', '.join(versions)}"
+    return (f"results from another device or precision ({env.get('device')}, "
+            f"x64={env.get('x64')}; now {now['device']}, x64={now['x64']})")
+
+
+def run(scenario: Scenario, out_dir: str | os.PathLike, *, force: bool = False) -> Path:
     """Run ``scenario`` and write ``out_dir/<name>/``: figures, results.csv, results.json.
 
     Returns the folder. Files appear only once the whole scenario has finished.
+    If the folder already holds this scenario's results (same fingerprint) the
+    run is skipped; if it holds anything else, ``force=True`` is needed to
+    replace it.
     """
     from overfit.display import save_figure
     from overfit.experiments import EXPERIMENTS
 
     out_dir = Path(out_dir)
     final = out_dir / scenario.name
+    if final.exists() and not force:
+        if cached(scenario, out_dir):
+            return final
+        raise ValueError(f"{final} holds {_difference(_finished(final), scenario)}; "
+                         "pass --force (force=True) to replace it.")
     partial = out_dir / f".{scenario.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -245,6 +310,7 @@ def run(scenario: Scenario, out_dir: str | os.PathLike) -> Path:
         save_figure(figure, partial / f"{fname}.png")
     (partial / "results.csv").write_text(_csv(rows))
     meta = {"scenario": dataclasses.asdict(scenario), "environment": environment(),
+            "fingerprint": fingerprint(scenario),
             "wall_time_s": round(time.perf_counter() - start, 3),
             "figures": sorted(f"{f}.png" for f in figures)}
     (partial / "results.json").write_text(json.dumps(meta, indent=2))

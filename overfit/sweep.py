@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 
 def grid(**axes: Sequence[Any]) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
@@ -64,18 +65,40 @@ def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | N
     trimmed), not a loop inside the program: LAPACK calls inside a compiled
     loop have been seen to stall for minutes on a busy 2-core CPU
     (ARCHITECTURE.md). ``None`` runs everything at once.
+
+    The calls run with the BLAS thread pools (scipy's OpenBLAS, which XLA's
+    CPU LAPACK kernels call) held to one thread: on a 2-core machine its
+    threads fought XLA's own for the cores, and a batched SVD that takes 1.4 s
+    took 2 to 40 s. XLA still runs the members of a batch in parallel.
     """
-    batched = jax.jit(jax.vmap(f, in_axes=(0, None)))
     n = jax.tree.leaves(members)[0].shape[0]
-    if batch_size is None or batch_size >= n:
-        return batched(members, shared)
-    outputs = []
-    for start in range(0, n, batch_size):
-        index = np.minimum(np.arange(start, start + batch_size), n - 1)
-        keep = n - start  # the padded tail is dropped
-        out = batched(take(members, index), shared)
-        outputs.append(jax.tree.map(lambda a, k=keep: a[:k], out))
+    with threadpool_limits(limits=1, user_api="blas"):
+        if batch_size is None or batch_size >= n:
+            return jax.block_until_ready(jax.jit(jax.vmap(f, in_axes=(0, None)))(members, shared))
+        # batches are cut on the host: an eager gather or slice of a device array
+        # compiles once per shape, and those compiles cost more than the sweep
+        leaves, treedef = jax.tree.flatten(members)
+        impls = [jax.random.key_impl(a) if _is_key(a) else None for a in leaves]
+        host = [np.asarray(jax.random.key_data(a) if impl else a)
+                for a, impl in zip(leaves, impls)]
+
+        def g(flat: list, shared: Any) -> Any:
+            member = treedef.unflatten([jax.random.wrap_key_data(a, impl=impl) if impl else a
+                                        for a, impl in zip(flat, impls)])
+            return f(member, shared)
+
+        batched = jax.jit(jax.vmap(g, in_axes=(0, None)))
+        outputs = []
+        for start in range(0, n, batch_size):
+            index = np.minimum(np.arange(start, start + batch_size), n - 1)
+            keep = n - start  # the padded tail is dropped
+            out = batched([a[index] for a in host], shared)
+            outputs.append(jax.tree.map(lambda a, k=keep: np.asarray(a)[:k], out))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
+def _is_key(a: Any) -> bool:
+    return jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key)
 
 
 def batch_size_for(bytes_per_member: float, n_members: int, *, budget: float = 2**29) -> int | None:

@@ -119,7 +119,7 @@ def test_interrupted_run_leaves_old_results_untouched(tmp_path, monkeypatch):
 
     monkeypatch.setitem(experiments.EXPERIMENTS, sc.kind, boom)
     with pytest.raises(KeyboardInterrupt):
-        scenario.run(sc, tmp_path)
+        scenario.run(sc, tmp_path, force=True)
     assert (folder / "results.csv").read_text() == before
     assert json.loads((folder / "results.json").read_text())["scenario"]["name"] == sc.name
 
@@ -138,3 +138,57 @@ def test_bias_variance_bootstraps_a_fixed_real_data_set():
 
 def test_every_allowed_kind_has_an_experiment():
     assert set(scenario.KINDS) == set(experiments.EXPERIMENTS)
+
+
+def test_a_finished_run_is_skipped_and_other_results_need_force(tmp_path):
+    sc = scenario.load(SCENARIOS[0], SHRINK)
+    folder = scenario.run(sc, tmp_path)
+    stamp = (folder / "results.json").stat().st_mtime_ns
+    assert scenario.cached(sc, tmp_path)
+    assert scenario.run(sc, tmp_path) == folder  # same fingerprint: nothing recomputed
+    assert (folder / "results.json").stat().st_mtime_ns == stamp
+    other = scenario.load(SCENARIOS[0], [*SHRINK, "data.noise=0.7"])
+    with pytest.raises(ValueError, match=r"different config \(data.noise differ\).*--force"):
+        scenario.run(other, tmp_path)
+    meta = json.loads((folder / "results.json").read_text())
+    meta["environment"]["versions"]["jax"] = "0.0.1"
+    meta["fingerprint"] = "stale"
+    (folder / "results.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"another version: jax 0.0.1 \(now "):
+        scenario.run(sc, tmp_path)
+    scenario.run(sc, tmp_path, force=True)
+    assert scenario.cached(sc, tmp_path)
+
+
+def test_a_killed_gallery_resumes_with_identical_results(tmp_path):
+    """SIGKILL the gallery after its first scenario; the rerun skips that one, computes
+    the rest, and every table equals an uninterrupted run's, byte for byte."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    src = tmp_path / "scenarios"
+    src.mkdir()
+    for stem in ("capacity_curve", "five_points", "weight_decay"):
+        (src / f"{stem}.toml").write_text(
+            SCENARIOS[[p.stem for p in SCENARIOS].index(stem)].read_text())
+    cmd = [sys.executable, "-m", "overfit.cli", "gallery", "--scenarios", str(src),
+           *sum((["--set", s] for s in SHRINK), [])]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    first = proc.stdout.readline()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert " s -> " in first
+    resumed = subprocess.run([*cmd, "--out", str(tmp_path / "killed")], capture_output=True,
+                             text=True, env=env, check=True).stdout
+    assert resumed.count("up to date") == 1, resumed
+    subprocess.run([*cmd, "--out", str(tmp_path / "whole")], check=True, env=env,
+                   capture_output=True)
+    for stem in ("capacity_curve", "five_points", "weight_decay"):
+        name = scenario.load(src / f"{stem}.toml").name
+        assert ((tmp_path / "killed" / name / "results.csv").read_bytes()
+                == (tmp_path / "whole" / name / "results.csv").read_bytes())
+    assert not list((tmp_path / "killed").glob(".*partial*"))
