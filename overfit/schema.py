@@ -65,7 +65,8 @@ def build(cls: type, table: Mapping[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in table.items():
-        name = f"{where}.{key}" if where else key
+        shown = key if key.isidentifier() else repr(key)  # a key may hold anything
+        name = f"{where}.{shown}" if where else shown
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
