@@ -275,6 +275,29 @@ def _keys(scenario: Scenario) -> tuple[jax.Array, jax.Array]:
     return tuple(jax.random.split(jax.random.key(scenario.seed)))
 
 
+class Sweep(NamedTuple):
+    """One knob x ``sweep.seeds`` data draws, trained in one call and scored."""
+
+    model: models.Model
+    result: Any  # FitResult or Solved
+    values: dict[str, np.ndarray]  # per member, (M,)
+    shape: tuple[int, int]  # (knob values, seeds)
+    data: datasets.Dataset
+
+
+def _sweep(scenario: Scenario, knob: str | None, values: list,
+           model_from: Scenario | None = None) -> Sweep:
+    """Draw the data sets, build the model (of ``model_from`` if given), train every
+    (value x seed) member of the knob (None: the model's capacity) and score it."""
+    key_data, key_model = _keys(scenario)
+    data = draw(scenario, key_data, scenario.sweep.seeds)
+    model = build_model(model_from or scenario, data)
+    knob = knob or model.capacity
+    flat, shape = grid(value=values, seed=range(scenario.sweep.seeds))
+    result = train_grid(scenario, model, data, {knob: flat["value"]}, key_model)
+    return Sweep(model, result, grid_scores(scenario, model, result, data), shape, data)
+
+
 def five_points(scenario: Scenario) -> tuple[Rows, Figures]:
     """The lesson's figure: a 2-parameter line vs a 7-parameter polynomial on 5 points."""
     key = jax.random.key(scenario.seed)
@@ -301,15 +324,9 @@ def five_points(scenario: Scenario) -> tuple[Rows, Figures]:
 
 def capacity_curve(scenario: Scenario) -> tuple[Rows, Figures]:
     """Train / validation / test error vs capacity over many data draws: the U-curve."""
-    key_data, key_model = _keys(scenario)
-    n_seeds = scenario.sweep.seeds
-    data = draw(scenario, key_data, n_seeds)
-    model = build_model(scenario, data)
     caps = scenario.sweep.capacity or [scenario.model.max_degree]
-    flat, shape = grid(capacity=caps, seed=range(n_seeds))
-    result = train_grid(scenario, model, data, {model.capacity: flat["capacity"]}, key_model)
-    values = grid_scores(scenario, model, result, data)
-    rows = _rows({model.capacity: caps, "seed": range(n_seeds)}, values)
+    model, _, values, shape, _ = _sweep(scenario, None, caps)
+    rows = _rows({model.capacity: caps, "seed": range(scenario.sweep.seeds)}, values)
     v = {k: a.reshape(shape) for k, a in values.items()}
     display = CurveDisplay(
         caps, {"train": v["train_mse"], "validation": v["val_mse"],
@@ -388,16 +405,12 @@ def _require(scenario: Scenario, field: str) -> list:
 def dropout(scenario: Scenario) -> tuple[Rows, Figures]:
     """Validation curves per drop rate, and the train/validation gap each leaves."""
     rates = _require(scenario, "drop_rate")
-    key_data, key_model = _keys(scenario)
     n_seeds = scenario.sweep.seeds
-    data = draw(scenario, key_data, n_seeds)
     # dropout is compiled in when the constructor's rate is positive; members get their own
-    model = build_model(dataclasses.replace(scenario, model=dataclasses.replace(
-        scenario.model, drop_rate=max(rates))), data)
-    flat, shape = grid(drop_rate=rates, seed=range(n_seeds))
-    result = train_grid(scenario, model, data, {"drop_rate": flat["drop_rate"]}, key_model)
+    scenario_q = dataclasses.replace(scenario, model=dataclasses.replace(
+        scenario.model, drop_rate=max(rates)))
+    _, result, values, shape, _ = _sweep(scenario, "drop_rate", rates, scenario_q)
     metric, epochs = result.metric, np.asarray(result.epochs)
-    values = grid_scores(scenario, model, result, data)
     val = np.where((values["diverged_epoch"] >= 0)[:, None], np.nan,
                    np.asarray(result.history.val_metric)).reshape(*shape, -1)
     gap = values[f"train_{metric}"] - values[f"val_{metric}"]
@@ -417,14 +430,9 @@ def dropout(scenario: Scenario) -> tuple[Rows, Figures]:
 def validation_curve(scenario: Scenario) -> tuple[Rows, Figures]:
     """Train and validation error over the L2 strength, the best strength marked."""
     lams = _require(scenario, "l2")
-    key_data, key_model = _keys(scenario)
     n_seeds = scenario.sweep.seeds
-    data = draw(scenario, key_data, n_seeds)
-    model = build_model(scenario, data)
-    flat, shape = grid(l2=lams, seed=range(n_seeds))
-    result = train_grid(scenario, model, data, {"l2": flat["l2"]}, key_model)
-    values = grid_scores(scenario, model, result, data)
-    name = "accuracy" if data.task == "classification" else "mse"
+    _, _, values, shape, _ = _sweep(scenario, "l2", lams)
+    name = "accuracy" if "train_accuracy" in values else "mse"
     curves = {"train": values[f"train_{name}"].reshape(shape),
               "validation": values[f"val_{name}"].reshape(shape)}
     fig, (ax,) = panels(1, size=(6, 4.2))
@@ -800,13 +808,8 @@ def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
     test error peaks near it. Classification error is against the clean labels.
     """
     caps = _require(scenario, "capacity")
-    key_data, key_model = _keys(scenario)
     n_seeds = scenario.sweep.seeds
-    data = draw(scenario, key_data, n_seeds)
-    model = build_model(scenario, data)
-    flat, shape = grid(capacity=caps, seed=range(n_seeds))
-    result = train_grid(scenario, model, data, {model.capacity: flat["capacity"]}, key_model)
-    values = grid_scores(scenario, model, result, data)
+    model, result, values, shape, data = _sweep(scenario, None, caps)
     v = {k: a.reshape(shape) for k, a in values.items()}
     if "train_accuracy" in v:
         name, final = "error", {"train": 1 - v["train_accuracy"],
