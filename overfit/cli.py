@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -79,8 +80,25 @@ def write_index(out: Path, folders: Sequence[Path]) -> Path:
     return index
 
 
+def _compile_cache() -> None:
+    """Turn on JAX's persistent compilation cache for the command (not for the library).
+
+    A gallery rerun then loads its large programs instead of compiling them again.
+    ``JAX_COMPILATION_CACHE_DIR`` picks the folder; ``OVERFIT_NO_COMPILE_CACHE=1`` opts out.
+    """
+    if os.environ.get("OVERFIT_NO_COMPILE_CACHE") == "1" or os.environ.get(
+            "JAX_COMPILATION_CACHE_DIR"):
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir",
+                      str(Path.home() / ".cache" / "overfit" / "jax-compile"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("run", "gallery"):
+        _compile_cache()
     try:
         if args.command == "run":
             _run(args.files, args.out, args.overrides, args.force)

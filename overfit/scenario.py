@@ -14,6 +14,7 @@ stopped), and results of anything else are never overwritten without ``force``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -25,7 +26,7 @@ import re
 import shutil
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,22 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+@contextlib.contextmanager
+def _compile_clock() -> Iterator[dict[str, float]]:
+    """Seconds JAX spends tracing, lowering and compiling inside the block."""
+    clock = {"seconds": 0.0, "on": True}
+
+    def listen(event: str, duration: float, **_: Any) -> None:
+        if clock["on"] and event.startswith("/jax/core/compile/"):
+            clock["seconds"] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield clock
+    finally:
+        clock["on"] = False  # jax has no public way to unregister a listener
+
+
 def fingerprint(scenario: Scenario) -> str:
     """Hash of what a result depends on: config, package versions, device, precision."""
     env = environment()
@@ -305,13 +322,15 @@ def run(scenario: Scenario, out_dir: str | os.PathLike, *, force: bool = False) 
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     start = time.perf_counter()
-    rows, figures = EXPERIMENTS[scenario.kind](scenario)
+    with _compile_clock() as compiled:
+        rows, figures = EXPERIMENTS[scenario.kind](scenario)
     for fname, figure in figures.items():
         save_figure(figure, partial / f"{fname}.png")
     (partial / "results.csv").write_text(_csv(rows))
     meta = {"scenario": dataclasses.asdict(scenario), "environment": environment(),
             "fingerprint": fingerprint(scenario),
             "wall_time_s": round(time.perf_counter() - start, 3),
+            "compile_time_s": round(compiled["seconds"], 3),
             "figures": sorted(f"{f}.png" for f in figures)}
     (partial / "results.json").write_text(json.dumps(meta, indent=2))
     old = out_dir / f".{scenario.name}.old"

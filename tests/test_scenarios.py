@@ -29,6 +29,7 @@ def test_every_scenario_runs_shrunk(path, tmp_path):
     meta = json.loads((folder / "results.json").read_text())
     assert meta["scenario"]["name"] == sc.name
     assert meta["environment"]["versions"]["jax"]
+    assert 0 < meta["compile_time_s"] <= meta["wall_time_s"]  # tracing alone takes time
     for figure in meta["figures"]:
         assert (folder / figure).stat().st_size > 1000
     rows = list(csv.DictReader((folder / "results.csv").open()))
