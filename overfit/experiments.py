@@ -745,7 +745,8 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
     fixed n in one batched call; ``sweep.n_train`` sweeps n at fixed P ("more
     data can hurt"), one compile per n. With the isotropic linear source and
     model the exact finite-sample and asymptotic theory are overlaid;
-    ``sweep.l2`` adds ridge curves (a grid axis of the same call).
+    ``sweep.l2`` adds ridge curves (a grid axis of the same call) and
+    ``sweep.noise`` one set of curves per noise level (the peak grows with it).
     """
     sample_wise = bool(scenario.sweep.n_train)
     if scenario.train.method != "closed_form":
@@ -754,10 +755,34 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
                              "train.method='closed_form' only (min-norm solutions).")
         return _double_descent_trained(scenario)
     values = scenario.sweep.n_train if sample_wise else _require(scenario, "capacity")
-    key_data, key_model, key_coef = jax.random.split(jax.random.key(scenario.seed), 3)
-    n_sets, ridges = scenario.sweep.seeds, [0.0, *scenario.sweep.l2]
+    ridges = [0.0, *scenario.sweep.l2]
     isotropic = (scenario.data.source == "linear" and scenario.data.link == "identity"
                  and scenario.model.kind == "linear")
+    noises = scenario.sweep.noise or [scenario.data.noise]
+    curves: dict[tuple[float, str], dict[str, np.ndarray]] = {}
+    for noise in noises:  # the noise level moves the peak: one set of curves each
+        variant = dataclasses.replace(scenario, data=dataclasses.replace(scenario.data,
+                                                                         noise=noise))
+        column, risks = _min_norm_grid(variant, values, ridges, sample_wise, isotropic)
+        for r, lam in enumerate(ridges):
+            label = "min-norm" if lam == 0 else f"ridge lambda={lam:g}"
+            curves[noise, label] = {k: v[r] for k, v in risks.items()}
+    rows = [{"noise": noise, "regularization": label, column: v, "seed": s_,
+             **{k: float(a[i, s_]) for k, a in curve.items()}}
+            for (noise, label), curve in curves.items() for i, v in enumerate(values)
+            for s_ in range(scenario.sweep.seeds)]
+    named = {(f"noise {noise:g}, {label}" if len(noises) > 1 else label): curve
+             for (noise, label), curve in curves.items()}
+    return rows, {"double_descent": _double_descent_figure(scenario, values, named, noises,
+                                                           sample_wise, isotropic)}
+
+
+def _min_norm_grid(scenario: Scenario, values: list, ridges: list, sample_wise: bool,
+                   isotropic: bool) -> tuple[str, dict[str, np.ndarray]]:
+    """Min-norm (and ridge) fits of every (ridge x value x draw): test risk, train MSE,
+    |coef|^2, each ``(len(ridges), len(values), seeds)``; and the swept column's name."""
+    key_data, key_model, key_coef = jax.random.split(jax.random.key(scenario.seed), 3)
+    n_sets = scenario.sweep.seeds
     column = "n_train"
     parts = []
     for n_train in (values if sample_wise else [scenario.data.n_train]):
@@ -789,14 +814,7 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
             for k, v in part.items():
                 out.setdefault(k, np.empty(m))[index] = np.asarray(v)
         parts.append({k: v.reshape(len(ridges), len(caps), n_sets) for k, v in out.items()})
-    risks = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
-    labels = ["min-norm" if lam == 0 else f"ridge lambda={lam:g}" for lam in ridges]
-    curves = {label: {k: v[r] for k, v in risks.items()} for r, label in enumerate(labels)}
-    rows = [{"regularization": label, column: v, "seed": s_,
-             **{k: float(a[i, s_]) for k, a in curves[label].items()}}
-            for label in labels for i, v in enumerate(values) for s_ in range(n_sets)]
-    return rows, {"double_descent": _double_descent_figure(scenario, values, curves,
-                                                           sample_wise, isotropic)}
+    return column, {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
 
 
 def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
@@ -835,7 +853,7 @@ def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
         "double_descent": fig}
 
 
-def _double_descent_figure(scenario, values, curves, sample_wise, isotropic) -> Any:
+def _double_descent_figure(scenario, values, curves, noises, sample_wise, isotropic) -> Any:
     d = scenario.data
     values = np.asarray(values, float)
     threshold = d.p if sample_wise else d.n_train
@@ -849,16 +867,21 @@ def _double_descent_figure(scenario, values, curves, sample_wise, isotropic) -> 
     if isotropic:
         grid_x = np.linspace(x.min(), x.max(), 400)
         p, n = (d.p, grid_x) if sample_wise else (grid_x * d.n_train, d.n_train)
-        exact = theory.min_norm_risk(p, n, d.r2, d.noise**2)
-        risk.ax_.plot(grid_x, np.where(np.isfinite(exact), exact, np.nan), "k-", lw=1,
-                      label="exact finite-n theory")
         gamma = p / n
-        risk.ax_.plot(grid_x, theory.min_norm_risk_asymptotic(gamma, d.r2, d.noise**2), "k:",
-                      lw=1, label="asymptotic theory")
-        risk.ax_.plot(grid_x, theory.optimal_ridge_risk(gamma, d.r2, d.noise**2), "k--", lw=1,
-                      label="optimally tuned ridge (theory)")
-        risk.ax_.set_ylim(top=30 * np.nanmax(theory.optimal_ridge_risk(gamma, d.r2,
-                                                                       d.noise**2)) + 1)
+        for i, noise in enumerate(noises):
+            exact = theory.min_norm_risk(p, n, d.r2, noise**2)
+            risk.ax_.plot(grid_x, np.where(np.isfinite(exact), exact, np.nan), "k-", lw=1,
+                          label="exact finite-n theory" if i == 0 else None)
+        if len(noises) == 1:
+            s2 = noises[0] ** 2
+            risk.ax_.plot(grid_x, theory.min_norm_risk_asymptotic(gamma, d.r2, s2), "k:",
+                          lw=1, label="asymptotic theory")
+        top = max(np.nanmax(theory.optimal_ridge_risk(gamma, d.r2, s**2)) for s in noises)
+        for noise in noises:
+            risk.ax_.plot(grid_x, theory.optimal_ridge_risk(gamma, d.r2, noise**2), "k--",
+                          lw=1, label="optimally tuned ridge (theory)" if noise == noises[0]
+                          else None)
+        risk.ax_.set_ylim(top=30 * top + 1)
         risk.ax_.legend(frameon=False, fontsize="small")
     CurveDisplay(x, {k: v["train_mse"] for k, v in curves.items()}, center="median",
                  xlabel=xlabel, ylabel="training MSE").plot(ax=axes[1])

@@ -129,7 +129,8 @@ class SweepConfig:
     drop_rate: list[float] = knob([], "dropout probabilities to sweep", lo=0.0, hi=1.0,
                                   hi_open=True)
     n_train: list[int] = knob([], "training-set sizes to sweep", lo=1)
-    noise: list[float] = knob([], "noise levels (data.noise) to sweep (bias_variance)", lo=0.0)
+    noise: list[float] = knob([], "noise levels (data.noise) to sweep (bias_variance, "
+                              "double_descent)", lo=0.0)
     flip: list[float] = knob([], "label-flip rates (data.flip) to sweep (bias_variance)",
                              lo=0.0, hi=1.0, hi_open=True)
     seeds: int = knob(10, "repeats per grid point (training-set draws)", lo=1)

@@ -110,3 +110,23 @@ def test_diverged_members_are_flagged_in_the_table_and_left_out_of_the_plot():
     assert all(r["diverged_epoch"] == -1 and np.isfinite(r["val_mse"]) for r in calm)
     assert all(r["diverged_epoch"] >= 0 and np.isnan(r["val_mse"]) for r in wild)
     assert "2 of 4 runs diverged (NaN/inf loss): left out" in texts
+
+
+def test_double_descent_noise_levels_match_the_exact_risk_at_each_level():
+    """Isotropic min-norm regression through the experiment, two noise levels at
+    p/n = 0.5 and 2: the mean risk per level matches GROUND_TRUTH §2's exact formula
+    (within 4 standard errors) and the noisier level is worse on both sides."""
+    rows = _run("double_descent",
+                data={"source": "linear", "p": 100, "n_train": 50, "n_val": 0, "n_test": 10},
+                model={"kind": "linear"}, train={"method": "closed_form"},
+                sweep={"capacity": [25, 100], "noise": [0.5, 1.0], "seeds": 400})
+    mean = {}
+    for noise in (0.5, 1.0):
+        for p in (25, 100):
+            risk = np.array([r["test_risk"] for r in rows
+                             if r["noise"] == noise and r["n_inputs"] == p])
+            se = risk.std(ddof=1) / np.sqrt(len(risk))
+            want = theory.min_norm_risk(p, 50, 1.0, noise**2)
+            assert abs(risk.mean() - want) < 4 * se + 1e-3, (noise, p, risk.mean(), want)
+            mean[noise, p] = risk.mean()
+    assert mean[1.0, 25] > mean[0.5, 25] and mean[1.0, 100] > mean[0.5, 100]
