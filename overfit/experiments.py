@@ -870,17 +870,14 @@ def _double_descent_figure(scenario, values, curves, noises, sample_wise, isotro
         gamma = p / n
         for i, noise in enumerate(noises):
             exact = theory.min_norm_risk(p, n, d.r2, noise**2)
+            first = i == 0  # one legend entry per kind of curve
             risk.ax_.plot(grid_x, np.where(np.isfinite(exact), exact, np.nan), "k-", lw=1,
-                          label="exact finite-n theory" if i == 0 else None)
-        if len(noises) == 1:
-            s2 = noises[0] ** 2
-            risk.ax_.plot(grid_x, theory.min_norm_risk_asymptotic(gamma, d.r2, s2), "k:",
-                          lw=1, label="asymptotic theory")
-        top = max(np.nanmax(theory.optimal_ridge_risk(gamma, d.r2, s**2)) for s in noises)
-        for noise in noises:
+                          label="exact finite-n theory" if first else None)
+            risk.ax_.plot(grid_x, theory.min_norm_risk_asymptotic(gamma, d.r2, noise**2), "k:",
+                          lw=1, label="asymptotic theory" if first else None)
             risk.ax_.plot(grid_x, theory.optimal_ridge_risk(gamma, d.r2, noise**2), "k--",
-                          lw=1, label="optimally tuned ridge (theory)" if noise == noises[0]
-                          else None)
+                          lw=1, label="optimally tuned ridge (theory)" if first else None)
+        top = max(np.nanmax(theory.optimal_ridge_risk(gamma, d.r2, s**2)) for s in noises)
         risk.ax_.set_ylim(top=30 * top + 1)
         risk.ax_.legend(frameon=False, fontsize="small")
     CurveDisplay(x, {k: v["train_mse"] for k, v in curves.items()}, center="median",
