@@ -54,8 +54,8 @@ def take(tree: Any, index: Any) -> Any:
     return jax.tree.map(lambda a: a[np.asarray(index)], tree)
 
 
-def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | None = None
-                ) -> Any:
+def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | None = None,
+                devices: Sequence[Any] | None = None) -> Any:
     """``f(member, shared)`` over the leading axis of ``members``, ``batch_size`` at a time.
 
     One compiled program, ``jit(vmap(f))``, with ``shared`` (e.g. the data
@@ -66,14 +66,25 @@ def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | N
     loop have been seen to stall for minutes on a busy 2-core CPU
     (ARCHITECTURE.md). ``None`` runs everything at once.
 
+    With several ``devices`` (e.g. ``jax.local_devices()``; default: the first
+    device only) each batch's members are split evenly across them
+    (``shard_map`` over a "members" mesh axis; ``shared`` is replicated), and
+    the results do not depend on the device count (tested with 4 fake CPU
+    devices). Opt-in because on a CPU split into host devices
+    (``--xla_force_host_platform_device_count``) a large batched float64 SVD
+    was seen to deadlock, idle, under ``shard_map``.
+
     The calls run with the BLAS thread pools (scipy's OpenBLAS, which XLA's
     CPU LAPACK kernels call) held to one thread: on a 2-core machine its
     threads fought XLA's own for the cores, and a batched SVD that takes 1.4 s
     took 2 to 40 s. XLA still runs the members of a batch in parallel.
     """
+    devices = list(jax.local_devices()[:1] if devices is None else devices)
     n = jax.tree.leaves(members)[0].shape[0]
+    size = n if batch_size is None else min(batch_size, n)
+    size = -(-size // len(devices)) * len(devices)  # every device gets an equal share
     with threadpool_limits(limits=1, user_api="blas"):
-        if batch_size is None or batch_size >= n:
+        if len(devices) == 1 and size == n:  # nothing to cut or split: no host round trip
             return jax.block_until_ready(jax.jit(jax.vmap(f, in_axes=(0, None)))(members, shared))
         # batches are cut on the host: an eager gather or slice of a device array
         # compiles once per shape, and those compiles cost more than the sweep
@@ -87,10 +98,16 @@ def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | N
                                         for a, impl in zip(flat, impls)])
             return f(member, shared)
 
-        batched = jax.jit(jax.vmap(g, in_axes=(0, None)))
+        program = jax.vmap(g, in_axes=(0, None))
+        if len(devices) > 1:
+            mesh = jax.sharding.Mesh(np.array(devices), ("members",))
+            spec = jax.sharding.PartitionSpec
+            program = jax.shard_map(program, mesh=mesh, in_specs=(spec("members"), spec()),
+                                    out_specs=spec("members"))
+        batched = jax.jit(program)
         outputs = []
-        for start in range(0, n, batch_size):
-            index = np.minimum(np.arange(start, start + batch_size), n - 1)
+        for start in range(0, n, size):
+            index = np.minimum(np.arange(start, start + size), n - 1)
             keep = n - start  # the padded tail is dropped
             out = batched([a[index] for a in host], shared)
             outputs.append(jax.tree.map(lambda a, k=keep: np.asarray(a)[:k], out))

@@ -33,3 +33,34 @@ def test_map_members_in_batches_equals_all_at_once(batch_size):
     out = map_members(lambda m, s: m["a"] * s + m["b"].sum(), members, shared=jnp.asarray(3.0),
                       batch_size=batch_size)
     np.testing.assert_allclose(out, 3 * np.arange(7.0) + np.arange(14.0).reshape(7, 2).sum(1))
+
+
+def test_sharded_over_four_devices_equals_one_device():
+    """Members split across 4 (fake CPU) devices give the one-device numbers, whole and
+    in batches, including a per-member LAPACK call and PRNG keys."""
+    import subprocess
+    import sys
+
+    code = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+from overfit.sweep import map_members
+assert len(jax.local_devices()) == 4
+def f(m, s):
+    k, v = m
+    a = jax.random.normal(k, (30, 16)) * v
+    return {"s": jnp.linalg.svd(a, compute_uv=False), "x": (a @ s).sum()}
+members = (jax.random.split(jax.random.key(0), 10), jnp.arange(10.0))
+one = map_members(f, members, shared=jnp.ones(16))
+for size in (None, 3):
+    many = map_members(f, members, shared=jnp.ones(16), batch_size=size,
+                       devices=jax.local_devices())
+    np.testing.assert_allclose(many["s"], one["s"], rtol=1e-12)
+    np.testing.assert_allclose(many["x"], one["x"], rtol=1e-12)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
