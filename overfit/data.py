@@ -560,7 +560,9 @@ def _standardize(X: np.ndarray, n_train: int) -> np.ndarray:
     """Standardize columns with the statistics of the first ``n_train`` rows."""
     mean = X[:n_train].mean(axis=0)
     std = X[:n_train].std(axis=0)
-    return (X - mean) / np.where(std > 0, std, 1.0)
+    # a constant column's std is 0 only up to rounding: dividing by ~1e-16 would blow it up
+    constant = std <= 1e-12 * np.maximum(np.abs(mean), 1.0)
+    return (X - mean) / np.where(constant, 1.0, std)
 
 
 # -------------------------------------------------- isotropic linear model (double descent)

@@ -385,7 +385,9 @@ def fit(
         raise ValueError(f"eval_every={eval_every} must divide epochs={epochs}.")
     loss = default_loss(model, data) if loss is None else loss
     _check_task(model, data, loss)
-    hparams = dict(hparams or {})
+    # strong dtypes: a Python float (weakly typed) and a float32 array of the same
+    # values would otherwise be two jit cache entries, i.e. a recompile
+    hparams = {k: jnp.asarray(v, jnp.asarray(v).dtype) for k, v in (hparams or {}).items()}
     check_range("input_noise", hparams.get("input_noise", 0.0), lo=0.0)
     optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
     if isinstance(optimizer, Transform):

@@ -396,3 +396,14 @@ ERRORS = [
 def test_bad_input_names_the_field(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_a_constant_column_with_rounding_noise_is_centred_not_blown_up():
+    from overfit.data import _standardize
+
+    X = np.ones((10, 3))
+    X[:, 1] = 0.1 + 1e-17 * np.arange(10)  # "constant" up to rounding
+    X[:, 2] = np.arange(10)
+    Z = _standardize(X, 10)
+    assert np.abs(Z[:, :2]).max() < 1e-12
+    np.testing.assert_allclose(Z[:, 2].std(), 1.0)

@@ -365,3 +365,15 @@ def test_a_diverging_member_is_frozen_and_flagged_while_the_rest_train_on():
         np.testing.assert_allclose(res.history.val_loss[2], healthy.history.val_loss[1],
                                    rtol=1e-6)
         np.testing.assert_array_equal(healthy.diverged_epoch, [-1, -1])
+
+
+def test_weak_and_strong_typed_hparams_share_one_compile():
+    """jnp.full(4, 0.2) is weakly typed, jnp.zeros(4) and numpy float32 are not: the same
+    sweep must not recompile because of how its values were written."""
+    data = regression(jax.random.key(0), target="sin", n_train=20)
+    model = mlp(1, (8,), drop_rate=0.5)
+    keys = jax.random.split(jax.random.key(1), 4)
+    before = _fit._cache_size()
+    for rates in (jnp.full(4, 0.2), jnp.zeros(4), np.full(4, 0.1, np.float32)):
+        fit(model, data, key=keys, epochs=2, hparams={"drop_rate": rates})
+    assert _fit._cache_size() == before + 1
