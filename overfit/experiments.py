@@ -275,6 +275,11 @@ def _keys(scenario: Scenario) -> tuple[jax.Array, jax.Array]:
     return tuple(jax.random.split(jax.random.key(scenario.seed)))
 
 
+def _own_capacity(model: models.Model) -> int:
+    """The capacity ``model.init`` gives when no knob is passed (its largest)."""
+    return int(model.init(jax.random.key(0))[1][model.capacity])
+
+
 class Sweep(NamedTuple):
     """One knob x ``sweep.seeds`` data draws, trained in one call and scored."""
 
@@ -283,19 +288,28 @@ class Sweep(NamedTuple):
     values: dict[str, np.ndarray]  # per member, (M,)
     shape: tuple[int, int]  # (knob values, seeds)
     data: datasets.Dataset
+    swept: list  # the knob's values
 
 
-def _sweep(scenario: Scenario, knob: str | None, values: list,
+def _sweep(scenario: Scenario, knob: str | None, values: list | None,
            model_from: Scenario | None = None) -> Sweep:
     """Draw the data sets, build the model (of ``model_from`` if given), train every
-    (value x seed) member of the knob (None: the model's capacity) and score it."""
+    (value x seed) member of the knob (None: the model's capacity; ``values=None``:
+    the model as built) and score it."""
     key_data, key_model = _keys(scenario)
     data = draw(scenario, key_data, scenario.sweep.seeds)
     model = build_model(model_from or scenario, data)
     knob = knob or model.capacity
+    values = values or [_own_capacity(model)]
     flat, shape = grid(value=values, seed=range(scenario.sweep.seeds))
     result = train_grid(scenario, model, data, {knob: flat["value"]}, key_model)
-    return Sweep(model, result, grid_scores(scenario, model, result, data), shape, data)
+    return Sweep(model, result, grid_scores(scenario, model, result, data), shape, data, values)
+
+
+def _val_history(result: FitResult, values: dict[str, np.ndarray]) -> np.ndarray:
+    """The validation metric per evaluation ``(M, checks)``, NaN for diverged members."""
+    return np.where((values["diverged_epoch"] >= 0)[:, None], np.nan,
+                    np.asarray(result.history.val_metric))
 
 
 def five_points(scenario: Scenario) -> tuple[Rows, Figures]:
@@ -325,7 +339,8 @@ def five_points(scenario: Scenario) -> tuple[Rows, Figures]:
 def capacity_curve(scenario: Scenario) -> tuple[Rows, Figures]:
     """Train / validation / test error vs capacity over many data draws: the U-curve."""
     caps = scenario.sweep.capacity or [scenario.model.max_degree]
-    model, _, values, shape, _ = _sweep(scenario, None, caps)
+    sweep = _sweep(scenario, None, caps)
+    model, values, shape = sweep.model, sweep.values, sweep.shape
     rows = _rows({model.capacity: caps, "seed": range(scenario.sweep.seeds)}, values)
     v = {k: a.reshape(shape) for k, a in values.items()}
     display = CurveDisplay(
@@ -409,10 +424,10 @@ def dropout(scenario: Scenario) -> tuple[Rows, Figures]:
     # dropout is compiled in when the constructor's rate is positive; members get their own
     scenario_q = dataclasses.replace(scenario, model=dataclasses.replace(
         scenario.model, drop_rate=max(rates)))
-    _, result, values, shape, _ = _sweep(scenario, "drop_rate", rates, scenario_q)
+    sweep = _sweep(scenario, "drop_rate", rates, scenario_q)
+    result, values, shape = sweep.result, sweep.values, sweep.shape
     metric, epochs = result.metric, np.asarray(result.epochs)
-    val = np.where((values["diverged_epoch"] >= 0)[:, None], np.nan,
-                   np.asarray(result.history.val_metric)).reshape(*shape, -1)
+    val = _val_history(result, values).reshape(*shape, -1)
     gap = values[f"train_{metric}"] - values[f"val_{metric}"]
     fig, axes = panels(2, size=(5.5, 4), title=scenario.title or "Dropout")
     CurveDisplay(epochs, {f"drop_rate {r:g}": val[i].T for i, r in enumerate(rates)},
@@ -431,7 +446,8 @@ def validation_curve(scenario: Scenario) -> tuple[Rows, Figures]:
     """Train and validation error over the L2 strength, the best strength marked."""
     lams = _require(scenario, "l2")
     n_seeds = scenario.sweep.seeds
-    _, _, values, shape, _ = _sweep(scenario, "l2", lams)
+    sweep = _sweep(scenario, "l2", lams)
+    values, shape = sweep.values, sweep.shape
     name = "accuracy" if "train_accuracy" in values else "mse"
     curves = {"train": values[f"train_{name}"].reshape(shape),
               "validation": values[f"val_{name}"].reshape(shape)}
@@ -451,21 +467,11 @@ def learning_curves(scenario: Scenario) -> tuple[Rows, Figures]:
     curves is what more data closes.
     """
     sizes = _require(scenario, "n_train")
-    key_data, key_model = _keys(scenario)
     n_seeds = scenario.sweep.seeds
-    caps, parts, column = scenario.sweep.capacity, [], "capacity"
-    for n in sizes:
-        variant = dataclasses.replace(scenario, data=dataclasses.replace(scenario.data,
-                                                                         n_train=n))
-        data = draw(variant, key_data, n_seeds)
-        model = build_model(variant, data)
-        caps = caps or [int(model.init(key_model)[1][model.capacity])]
-        column = model.capacity
-        flat, _ = grid(capacity=caps, seed=range(n_seeds))
-        result = train_grid(variant, model, data, {model.capacity: flat["capacity"]},
-                            key_model)
-        parts.append(grid_scores(variant, model, result, data))
-    values = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    sweeps = [_sweep(dataclasses.replace(scenario, data=dataclasses.replace(
+        scenario.data, n_train=n)), None, scenario.sweep.capacity or None) for n in sizes]
+    caps, column = sweeps[0].swept, sweeps[0].model.capacity
+    values = {k: np.concatenate([sw.values[k] for sw in sweeps]) for k in sweeps[0].values}
     rows = _rows({"n_train": sizes, column: caps, "seed": range(n_seeds)}, values)
     name = "accuracy" if "train_accuracy" in values else "mse"
     sign = -1 if name == "accuracy" else 1  # the gap is positive when overfitting
@@ -643,7 +649,7 @@ def _decomposition_grid(scenario: Scenario, field: str | None
     data = datasets.shared_test(data)
     model = build_model(scenario, data)
     if field is None:  # the model's own (largest) capacity
-        knob, values = model.capacity, [int(model.init(key_model)[1][model.capacity])]
+        knob, values = model.capacity, [_own_capacity(model)]
     else:
         knob, values = (model.capacity if field == "capacity" else field), getattr(
             scenario.sweep, field)
@@ -791,12 +797,11 @@ def _min_norm_grid(scenario: Scenario, values: list, ridges: list, sample_wise: 
         data = draw(variant, key_data, n_sets)
         caps = values
         if sample_wise:  # the model at its full capacity
-            full = build_model(variant, data)
-            caps = [int(full.init(key_model)[1][full.capacity])]
+            caps = [_own_capacity(build_model(variant, data))]
         flat, _ = grid(l2=ridges, value=caps, seed=range(n_sets))
         m = len(flat["seed"])
-        members = (jax.random.split(key_model, m), jnp.asarray(flat["value"]),
-                   jnp.asarray(flat["l2"]), jax.random.split(key_coef, m))
+        members = (jax.random.split(key_model, m), flat["value"], flat["l2"],
+                   jax.random.split(key_coef, m))
         out: dict[str, np.ndarray] = {}
         # one compile per group of similar capacities: a member pays at most twice its cost
         for group in shape_groups(caps):
@@ -827,17 +832,17 @@ def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
     """
     caps = _require(scenario, "capacity")
     n_seeds = scenario.sweep.seeds
-    model, result, values, shape, data = _sweep(scenario, None, caps)
+    sweep = _sweep(scenario, None, caps)
+    model, result, values, shape = sweep.model, sweep.result, sweep.values, sweep.shape
     v = {k: a.reshape(shape) for k, a in values.items()}
+    history = _val_history(result, values)
     if "train_accuracy" in v:
         name, final = "error", {"train": 1 - v["train_accuracy"],
                                 "test (clean labels)": 1 - v["test_accuracy_clean"]}
-        history = 1 - np.asarray(result.history.val_metric)
+        history = 1 - history
     else:
         name, final = "mse", {"train": v["train_mse"], "test (vs f)": v["test_risk"]}
-        history = np.asarray(result.history.val_metric)
-    history = np.where((values["diverged_epoch"] >= 0)[:, None], np.nan, history)
-    threshold = data.x_train.shape[-2] * model.n_out
+    threshold = sweep.data.x_train.shape[-2] * model.n_out
     x = v["n_params"][:, 0] / threshold
     fig, axes = panels(2, size=(5.8, 4.2), title=scenario.title or "Double descent")
     CurveDisplay(x, final, xlabel=f"parameters / (n_train x {model.n_out} outputs)",
