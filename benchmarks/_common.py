@@ -105,18 +105,3 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
-
-
-class CompileClock:
-    """Seconds JAX spends tracing, lowering and compiling, and XLA compilations."""
-
-    def __init__(self) -> None:
-        import jax  # imported on use: a peers-only run need not load JAX
-
-        self.seconds, self.compiles = 0.0, 0
-        jax.monitoring.register_event_duration_secs_listener(self)
-
-    def __call__(self, event: str, duration: float, **_) -> None:
-        if event.startswith("/jax/core/compile/"):
-            self.seconds += duration
-            self.compiles += event.endswith("backend_compile_duration")

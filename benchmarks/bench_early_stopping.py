@@ -34,8 +34,9 @@ import time
 import jax
 import numpy as np
 import optax
-from _common import CompileClock, environment, fmt, table
+from _common import environment, fmt, table
 
+from overfit.clock import CompileClock
 from overfit.data import regression
 from overfit.early_stopping import patience
 from overfit.models import mlp

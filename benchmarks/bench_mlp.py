@@ -36,7 +36,6 @@ from collections.abc import Sequence
 import numpy as np
 from _common import (
     SKIPPED,
-    CompileClock,
     cpu_load,
     cpu_pressure,
     environment,
@@ -46,6 +45,8 @@ from _common import (
     table,
     timed,
 )
+
+from overfit.clock import CompileClock
 
 HIDDEN = (64, 64)
 N_TRAIN = 64

@@ -14,7 +14,6 @@ stopped), and results of anything else are never overwritten without ``force``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -26,7 +25,7 @@ import re
 import shutil
 import time
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import jax
 
 from overfit import data as datasets
+from overfit.clock import CompileClock
 from overfit.early_stopping import MONITORS
 from overfit.schema import build, knob
 
@@ -234,22 +234,6 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-@contextlib.contextmanager
-def _compile_clock() -> Iterator[dict[str, float]]:
-    """Seconds JAX spends tracing, lowering and compiling inside the block."""
-    clock = {"seconds": 0.0, "on": True}
-
-    def listen(event: str, duration: float, **_: Any) -> None:
-        if clock["on"] and event.startswith("/jax/core/compile/"):
-            clock["seconds"] += duration
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield clock
-    finally:
-        clock["on"] = False  # jax has no public way to unregister a listener
-
-
 def fingerprint(scenario: Scenario) -> str:
     """Hash of what a result depends on: config, package versions, device, precision."""
     env = environment()
@@ -323,7 +307,7 @@ def run(scenario: Scenario, out_dir: str | os.PathLike, *, force: bool = False) 
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     start = time.perf_counter()
-    with _compile_clock() as compiled:
+    with CompileClock() as compiled:
         rows, figures = EXPERIMENTS[scenario.kind](scenario)
     for fname, figure in figures.items():
         save_figure(figure, partial / f"{fname}.png")
@@ -331,7 +315,7 @@ def run(scenario: Scenario, out_dir: str | os.PathLike, *, force: bool = False) 
     meta = {"scenario": dataclasses.asdict(scenario), "environment": environment(),
             "fingerprint": fingerprint(scenario),
             "wall_time_s": round(time.perf_counter() - start, 3),
-            "compile_time_s": round(compiled["seconds"], 3),
+            "compile_time_s": round(compiled.seconds, 3),
             "figures": sorted(f"{f}.png" for f in figures)}
     (partial / "results.json").write_text(json.dumps(meta, indent=2))
     old = out_dir / f".{scenario.name}.old"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import jax
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+from overfit.chunks import run_chunks
 
 
 def grid(**axes: Sequence[Any]) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
@@ -55,67 +58,41 @@ def take(tree: Any, index: Any) -> Any:
 
 
 def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | None = None,
-                devices: Sequence[Any] | None = None) -> Any:
+                devices: Sequence[Any] | None = None, store: str | None = None,
+                progress: bool | None = None) -> Any:
     """``f(member, shared)`` over the leading axis of ``members``, ``batch_size`` at a time.
 
     One compiled program, ``jit(vmap(f))``, with ``shared`` (e.g. the data
     sets every member indexes into) passed once per call, not copied per
     member. Memory grows with ``batch_size``, not with the grid. Batches are
-    separate calls (the last one padded by repeating its final member, then
-    trimmed), not a loop inside the program: LAPACK calls inside a compiled
-    loop have been seen to stall for minutes on a busy 2-core CPU
-    (ARCHITECTURE.md). ``None`` runs everything at once.
+    separate calls (:func:`overfit.chunks.run_chunks`: the last one padded,
+    results on the host, optionally stored for resume), not a loop inside
+    the program: LAPACK calls inside a compiled loop have been seen to stall
+    for minutes on a busy 2-core CPU (ARCHITECTURE.md). ``None`` runs
+    everything at once.
 
-    With several ``devices`` (e.g. ``jax.local_devices()``; default: the first
-    device only) each batch's members are split evenly across them
-    (``shard_map`` over a "members" mesh axis; ``shared`` is replicated), and
-    the results do not depend on the device count (tested with 4 fake CPU
-    devices). Opt-in because on a CPU split into host devices
-    (``--xla_force_host_platform_device_count``) a large batched float64 SVD
-    was seen to deadlock, idle, under ``shard_map``.
+    ``devices`` (default: the first device only) splits each batch across
+    devices. On a CPU split into host devices
+    (``--xla_force_host_platform_device_count``) keep one: concurrent LAPACK
+    calls from several host devices hang in scipy's OpenBLAS (reproduced with
+    a batched float64 SVD, with and without thread limits).
 
     The calls run with the BLAS thread pools (scipy's OpenBLAS, which XLA's
     CPU LAPACK kernels call) held to one thread: on a 2-core machine its
     threads fought XLA's own for the cores, and a batched SVD that takes 1.4 s
     took 2 to 40 s. XLA still runs the members of a batch in parallel.
     """
-    devices = list(jax.local_devices()[:1] if devices is None else devices)
-    n = jax.tree.leaves(members)[0].shape[0]
-    size = n if batch_size is None else min(batch_size, n)
-    size = -(-size // len(devices)) * len(devices)  # every device gets an equal share
     with threadpool_limits(limits=1, user_api="blas"):
-        if len(devices) == 1 and size == n:  # nothing to cut or split: no host round trip
-            return jax.block_until_ready(jax.jit(jax.vmap(f, in_axes=(0, None)))(members, shared))
-        # batches are cut on the host: an eager gather or slice of a device array
-        # compiles once per shape, and those compiles cost more than the sweep
-        leaves, treedef = jax.tree.flatten(members)
-        impls = [jax.random.key_impl(a) if _is_key(a) else None for a in leaves]
-        host = [np.asarray(jax.random.key_data(a) if impl else a)
-                for a, impl in zip(leaves, impls)]
-
-        def g(flat: list, shared: Any) -> Any:
-            member = treedef.unflatten([jax.random.wrap_key_data(a, impl=impl) if impl else a
-                                        for a, impl in zip(flat, impls)])
-            return f(member, shared)
-
-        program = jax.vmap(g, in_axes=(0, None))
-        if len(devices) > 1:
-            mesh = jax.sharding.Mesh(np.array(devices), ("members",))
-            spec = jax.sharding.PartitionSpec
-            program = jax.shard_map(program, mesh=mesh, in_specs=(spec("members"), spec()),
-                                    out_specs=spec("members"))
-        batched = jax.jit(program)
-        outputs = []
-        for start in range(0, n, size):
-            index = np.minimum(np.arange(start, start + size), n - 1)
-            keep = n - start  # the padded tail is dropped
-            out = batched([a[index] for a in host], shared)
-            outputs.append(jax.tree.map(lambda a, k=keep: np.asarray(a)[:k], out))
-    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+        return run_chunks(_vmapped(f), members, shared=shared,
+                          chunk_size=jax.tree.leaves(members)[0].shape[0]
+                          if batch_size is None else batch_size,
+                          devices=devices, store=store, progress=progress)
 
 
-def _is_key(a: Any) -> bool:
-    return jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key)
+@functools.lru_cache(maxsize=64)
+def _vmapped(f: Any) -> Any:
+    """One ``vmap(f)`` object per ``f``, so the compiled code is reused across calls."""
+    return jax.vmap(f, in_axes=(0, None))
 
 
 def batch_size_for(bytes_per_member: float, n_members: int, *, budget: float = 2**29) -> int | None:

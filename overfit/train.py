@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -26,6 +27,7 @@ import optax
 from jax import Array
 
 from overfit._checks import check_choice, check_int, check_range, is_concrete
+from overfit.chunks import run_chunks
 from overfit.data import Dataset
 from overfit.early_stopping import EarlyStopping, StopState, never
 from overfit.models import Model, Params, State
@@ -339,6 +341,10 @@ def fit(
     hparams: Mapping[str, Any] | None = None,
     early_stopping: EarlyStopping | None = None,
     eval_every: int = 1,
+    chunk_size: int | None = None,
+    devices: Sequence[Any] | None = None,
+    store: str | os.PathLike | None = None,
+    progress: bool | None = None,
 ) -> FitResult:
     """Train one model, or many in one compiled call.
 
@@ -372,6 +378,17 @@ def fit(
         eval_every: epochs between evaluations of the train / validation loss
             and metric (one forward pass over both splits, about half to one
             full-batch training step); must divide ``epochs``.
+        chunk_size: with ``M`` members, how many train per compiled call;
+            None sizes chunks from a memory estimate (all at once when they
+            fit). A chunk that runs out of device memory is halved and retried.
+        devices: each chunk is split evenly across these (default: every
+            local device, ``jax.local_devices()``); the results do not depend
+            on the count beyond float round-off.
+        store: a folder where finished chunks are written as they complete;
+            calling again with the same arguments resumes from them (see
+            :func:`overfit.chunks.run_chunks`, also for several processes).
+        progress: a progress bar over the members (None: only when there is
+            more than one chunk).
 
     Returns:
         A :class:`FitResult`; with ``M`` members every leaf has a leading ``M``
@@ -409,7 +426,13 @@ def fit(
     else:
         axes = None
     config = _Config(model, loss, optimizer, epochs, batch_size, stopper, eval_every, axes)
-    return _fit(key, data, hparams, config=config)
+    if axes is None:
+        return _fit_one(key, data, hparams, config=config)
+    members, shared = _split_members(key, data, hparams, axes)
+    result = run_chunks(_member_program(config), members, shared=shared, chunk_size=chunk_size,
+                        devices=jax.local_devices() if devices is None else devices,
+                        store=store, progress=progress)
+    return result
 
 
 def _check_model_hparams(model: Model, hparams: Mapping[str, Any]) -> None:
@@ -439,7 +462,36 @@ class _Config(NamedTuple):
     axes: tuple | None  # vmap axes of (data, hparams items); None trains one model
 
 
+def _split_members(key: Array, data: Dataset, hparams: Mapping[str, Array],
+                   axes: tuple) -> tuple[dict, dict]:
+    """What has a leading members axis (keys, per-member data and knobs) vs what is shared."""
+    data_axis, hp_axes = axes
+    per = {k for k, a in hp_axes if a == 0}
+    members = {"key": key, "data": data if data_axis == 0 else None,
+               "hparams": {k: v for k, v in hparams.items() if k in per}}
+    shared = {"data": None if data_axis == 0 else data,
+              "hparams": {k: v for k, v in hparams.items() if k not in per}}
+    return members, shared
+
+
+@functools.lru_cache(maxsize=128)
+def _member_program(config: _Config) -> Callable[[dict, dict], FitResult]:
+    """``fit`` of a chunk of members, as :func:`overfit.chunks.run_chunks` runs it."""
+
+    def program(members: dict, shared: dict) -> FitResult:
+        data = shared["data"] if members["data"] is None else members["data"]
+        return _fit(members["key"], data, {**shared["hparams"], **members["hparams"]},
+                    config=config)
+
+    return program
+
+
 @functools.partial(jax.jit, static_argnames="config")
+def _fit_one(key: Array, data: Dataset, hparams: Mapping[str, Any], *,
+             config: _Config) -> FitResult:
+    return _fit(key, data, hparams, config=config)
+
+
 def _fit(key: Array, data: Dataset, hparams: Mapping[str, Any], *, config: _Config) -> FitResult:
     # The epoch loop runs OUTSIDE the vmap: vmap of a while_loop would select
     # every carried buffer (history included) for every member at every epoch;

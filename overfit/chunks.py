@@ -1,0 +1,388 @@
+"""Running a members axis in chunks: bounded memory, every device, results on disk.
+
+:func:`run_chunks` is the engine under :func:`overfit.fit` and
+:func:`overfit.sweep.map_members`. It takes a program written for a leading
+"members" axis and
+
+* cuts the members into chunks whose size comes from a memory estimate
+  (:func:`chunk_size_for`; overridable), so a sweep larger than the device's
+  memory runs instead of failing, and a chunk that still runs out of memory is
+  split in two and retried;
+* splits every chunk evenly across ``devices`` (``shard_map`` over a
+  "members" mesh axis; what is shared is replicated), so a sweep uses every
+  local accelerator;
+* writes each finished chunk to ``store`` (atomic renames, keyed by a
+  fingerprint of the program and its inputs) so a killed run resumes where it
+  stopped, and several processes (``jax.distributed``, one per host) can share
+  the work through a shared folder;
+* shows a ``tqdm.auto`` progress bar (terminal or notebook) as chunks finish.
+
+Members are independent, so the results do not depend on the chunk size or
+the device count beyond float round-off (tested).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.extend
+import numpy as np
+
+Program = Callable[[Any, Any], Any]  # (members with a leading axis, shared) -> outputs
+_CHUNK_FILE = re.compile(r"^(\d{9})-(\d{9})\.npz$")
+
+
+# ------------------------------------------------------------------------ memory
+
+
+def device_memory(device: Any) -> int:
+    """Bytes a computation on ``device`` may still allocate (an estimate).
+
+    Accelerators report their allocator's limit and use; on the CPU it is the
+    host's available physical memory (``/proc``), or 4 GiB when unknown.
+    """
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _size(aval: Any) -> int:
+    dtype = aval.dtype
+    itemsize = 8 if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) else np.dtype(dtype).itemsize
+    return int(np.prod(aval.shape)) * itemsize
+
+
+def _nbytes(tree: Any) -> int:
+    return sum(_size(a) for a in jax.tree.leaves(tree))
+
+
+def _jaxpr_bytes(jaxpr: Any) -> int:
+    """Sum of every intermediate's size, sub-programs (loop bodies) included once.
+
+    An upper bound on what one member keeps live at a time: XLA frees and
+    reuses buffers, this counts each as if it were kept.
+    """
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += sum(_size(v.aval) for v in eqn.outvars if hasattr(v.aval, "shape"))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            total += _jaxpr_bytes(sub)
+    return total
+
+
+def member_bytes(program: Program, one: Any, shared: Any) -> int:
+    """Estimated bytes one member needs: its inputs and every intermediate.
+
+    ``one`` is a batch of one member (arrays or ``jax.ShapeDtypeStruct``).
+    """
+    closed = jax.make_jaxpr(program)(one, shared)
+    return _nbytes(one) + _jaxpr_bytes(closed.jaxpr)
+
+
+def chunk_size_for(per_member: int, shared_bytes: int, devices: Sequence[Any], *,
+                   fraction: float = 0.5) -> int:
+    """Members per chunk so a chunk uses at most ``fraction`` of the free memory.
+
+    The members of a chunk are split across ``devices``; each device holds its
+    share plus a replica of the shared inputs. At least one member per device.
+    """
+    free = min(device_memory(d) for d in devices)
+    per_device = max(1, int((fraction * free - shared_bytes) // max(per_member, 1)))
+    return per_device * len(devices)
+
+
+# ------------------------------------------------------------------------ host side
+
+
+def _is_key(a: Any) -> bool:
+    return jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key)
+
+
+class _HostMembers:
+    """Members as host NumPy arrays (PRNG keys as their raw data), cut by index.
+
+    Chunks are cut on the host: an eager gather or slice of a device array
+    compiles once per shape, and those compiles cost more than the sweep.
+    """
+
+    def __init__(self, members: Any):
+        leaves, self.treedef = jax.tree.flatten(members)
+        self.impls = [jax.random.key_impl(a) if _is_key(a) else None for a in leaves]
+        self.arrays = [np.asarray(jax.random.key_data(a) if impl else a)
+                       for a, impl in zip(leaves, self.impls)]
+        self.n = self.arrays[0].shape[0] if self.arrays else 0
+
+    def take(self, index: np.ndarray) -> list[np.ndarray]:
+        return [a[index] for a in self.arrays]
+
+    def rebuild(self, flat: list) -> Any:
+        """The members pytree from the (traced) arrays ``take`` gave."""
+        return self.treedef.unflatten([jax.random.wrap_key_data(a, impl=impl) if impl else a
+                                       for a, impl in zip(flat, self.impls)])
+
+    def digest(self, h: Any) -> None:
+        for a in self.arrays:
+            h.update(str((a.shape, a.dtype)).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(body: Program, devices: tuple) -> Callable:
+    """``jit(body)``, or ``jit(shard_map(body))`` over a "members" mesh of ``devices``."""
+    if len(devices) == 1:
+        return jax.jit(body)
+    mesh = jax.sharding.Mesh(np.array(devices), ("members",))
+    spec = jax.sharding.PartitionSpec
+    # members never talk to one another (no collectives), so the check that loop
+    # carries vary alike over the mesh axis has nothing to protect: off
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(spec("members"), spec()),
+                                 out_specs=spec("members"), check_vma=False))
+
+
+def _is_oom(error: Exception) -> bool:
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+# ------------------------------------------------------------------------ store
+
+
+class _Store:
+    """Finished chunks in a folder: ``START-STOP.npz`` files and a manifest.
+
+    Every file appears by an atomic rename, so a killed run leaves complete
+    chunks or none. The manifest's fingerprint (program + inputs) guards
+    against resuming a different computation from the same folder.
+    """
+
+    def __init__(self, path: str | os.PathLike, fingerprint: str, n: int):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        manifest = self.path / "manifest.json"
+        mine = {"fingerprint": fingerprint, "members": n}
+        if manifest.exists():
+            theirs = json.loads(manifest.read_text())
+            if theirs != mine:
+                raise ValueError(
+                    f"store={str(self.path)!r} holds chunks of a different computation "
+                    f"({theirs.get('members')} members, fingerprint "
+                    f"{str(theirs.get('fingerprint'))[:12]}; this one: {n} members, "
+                    f"{fingerprint[:12]}). Delete the folder or choose another store.")
+        else:
+            _atomic_write(manifest, lambda f: f.write(json.dumps(mine).encode()))
+
+    def done(self) -> dict[tuple[int, int], Path]:
+        found = {}
+        for p in self.path.iterdir():
+            m = _CHUNK_FILE.match(p.name)
+            if m:
+                found[int(m[1]), int(m[2])] = p
+        return found
+
+    def save(self, start: int, stop: int, leaves: list[np.ndarray]) -> None:
+        _atomic_write(self.path / f"{start:09d}-{stop:09d}.npz",
+                      lambda f: np.savez(f, *leaves))
+
+    @staticmethod
+    def load(path: Path) -> list[np.ndarray]:
+        with np.load(path) as z:
+            return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fingerprint(body: Program, host: _HostMembers, shared: Any) -> str:
+    """Hash of the program (its lowered text for one member) and every input."""
+    h = hashlib.sha256()
+    h.update(jax.jit(body).lower([a[:1] for a in host.arrays], shared).as_text().encode())
+    host.digest(h)
+    for a in jax.tree.leaves(shared):
+        a = np.asarray(jax.random.key_data(a) if _is_key(a) else a)
+        h.update(str((a.shape, a.dtype)).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------ runner
+
+
+def _ranges(todo: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """Cut each missing ``(start, stop)`` range into pieces of at most ``size``."""
+    return [(s, min(s + size, stop)) for start, stop in todo for s in range(start, stop, size)]
+
+
+def _missing(n: int, done: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    covered = np.zeros(n, bool)
+    for start, stop in done:
+        covered[start:stop] = True
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], ~covered, [0]]).astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def run_chunks(
+    program: Program,
+    members: Any,
+    *,
+    shared: Any = None,
+    chunk_size: int | None = None,
+    devices: Sequence[Any] | None = None,
+    store: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    process: tuple[int, int] | None = None,
+    poll_s: float = 1.0,
+) -> Any:
+    """``program(members, shared)`` over the leading axis of ``members``, chunk by chunk.
+
+    Args:
+        program: a function of a batch of members (every leaf with a leading
+            axis) and of ``shared``, returning outputs with the same leading
+            axis; members must be independent of one another. Pass the same
+            function object across calls: compiled code is cached on it.
+        members: pytree of arrays (PRNG keys allowed), leading axis ``M``.
+        shared: pytree passed whole to every chunk (e.g. the data set).
+        chunk_size: members per call; None derives it from a memory estimate
+            (half the free memory of the smallest device). Rounded up to a
+            multiple of the device count; the last chunk is padded by repeating
+            its final member, then trimmed, so every chunk has one shape.
+        devices: devices to split each chunk across (default: the first local
+            device).
+        store: folder for finished chunks. A later call with the same program
+            and inputs loads them instead of recomputing (resume after a kill);
+            a different computation in the same folder is an error.
+        progress: a ``tqdm.auto`` bar over the members; None shows it only when
+            there is more than one chunk.
+        process: ``(index, count)`` of this process among several sharing
+            ``store`` (default ``jax.process_index(), jax.process_count()``).
+            Process ``i`` runs chunks ``i, i + count, ...``, then waits for the
+            other processes' chunks to appear in ``store`` (checking every
+            ``poll_s`` seconds), so every process returns the whole result.
+
+    Returns:
+        The outputs of all ``M`` members, as host NumPy arrays.
+    """
+    devices = tuple(jax.local_devices()[:1] if devices is None else devices)
+    index, count = (jax.process_index(), jax.process_count()) if process is None else process
+    if count > 1 and store is None:
+        raise ValueError(f"{count} processes share a sweep through its store: pass store= "
+                         "(a folder every process can read and write).")
+    host = _HostMembers(members)
+    n = host.n
+    if n < 1:
+        raise ValueError("members must have a leading axis of at least one member.")
+    body = _FlatBody(program, host.treedef, tuple(host.impls))
+    one = [jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype) for a in host.arrays]
+    out_tree = jax.tree.structure(
+        jax.eval_shape(lambda flat, s: program(host.rebuild(flat), s), one, shared))
+    if chunk_size is None:
+        chunk_size = chunk_size_for(member_bytes(body, one, shared), _nbytes(shared), devices)
+    size = -(-min(max(int(chunk_size), 1), max(n, 1)) // len(devices)) * len(devices)
+
+    saved = _Store(store, _fingerprint(body, host, shared), n) if store is not None else None
+    parts: dict[tuple[int, int], list[np.ndarray]] = {}
+    if saved is not None:
+        parts.update({r: _Store.load(p) for r, p in saved.done().items()})
+    # process i owns the i-th contiguous block of members, whatever each process's
+    # chunk size, so no member is left to nobody
+    block = (n * index // count, n * (index + 1) // count)
+    todo = [(max(a, block[0]), min(b, block[1])) for a, b in _missing(n, list(parts))]
+    mine = _ranges([(a, b) for a, b in todo if a < b], size)
+    show = (len(mine) > 1 or len(parts) > 0) if progress is None else progress
+    with _bar(show, n, sum(b - a for a, b in parts)) as bar:
+        _run_ranges(body, host, shared, devices, mine, size, parts, saved, bar)
+        while _missing(n, list(parts)):  # other processes' chunks arrive through the store
+            time.sleep(poll_s)
+            for r, p in saved.done().items():
+                if r not in parts:
+                    parts[r] = _Store.load(p)
+                    bar.update(r[1] - r[0])
+    ordered = [parts[r] for r in sorted(parts)]
+    leaves = [np.concatenate(col) for col in zip(*ordered)]
+    assert all(len(a) == n for a in leaves), "chunks must cover every member once"
+    return jax.tree.unflatten(out_tree, leaves)
+
+
+class _FlatBody:
+    """Hashable by value (program, tree, key types), so its compiled code is reused."""
+
+    def __init__(self, program: Program, treedef: Any, impls: tuple):
+        self.program, self.treedef, self.impls = program, treedef, impls
+        self._key = (program, treedef, tuple(str(i) for i in impls))
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _FlatBody) and self._key == other._key
+
+    def __call__(self, flat: list, shared: Any) -> Any:
+        members = self.treedef.unflatten([jax.random.wrap_key_data(a, impl=impl) if impl else a
+                                          for a, impl in zip(flat, self.impls)])
+        return jax.tree.leaves(self.program(members, shared))
+
+
+def _run_ranges(body, host, shared, devices, todo, size, parts, saved, bar) -> None:
+    """Run ``todo`` ranges ``size`` members at a time, halving ``size`` on out-of-memory."""
+    pending = list(todo)
+    while pending:
+        start, stop = pending.pop(0)
+        try:
+            leaves = _execute(body, host, shared, devices, start, stop, size)
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled
+            if not _is_oom(error) or size <= len(devices):
+                raise
+            size = max(len(devices), (size // 2) // len(devices) * len(devices))
+            warnings.warn(f"out of memory with {stop - start} members per chunk; "
+                          f"retrying with {size}.", RuntimeWarning, stacklevel=3)
+            pending = _ranges([(start, stop), *pending], size)  # none may exceed size
+            continue
+        parts[start, stop] = leaves
+        if saved is not None:
+            saved.save(start, stop, leaves)
+        bar.update(stop - start)
+
+
+def _execute(body, host, shared, devices, start: int, stop: int, size: int) -> list[np.ndarray]:
+    """One chunk: members ``start:stop`` padded to ``size``, run, trimmed, on the host."""
+    index = np.minimum(np.arange(start, start + size), stop - 1)
+    out = _compiled(body, devices)(host.take(index), shared)
+    return [np.asarray(a)[: stop - start] for a in out]
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def _bar(show: bool, total: int, initial: int) -> Any:
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm  # imported on use: it probes for a notebook on import
+
+    return tqdm(total=total, initial=initial, unit="model", desc="models")

@@ -1,0 +1,34 @@
+"""Where JAX time goes: tracing, lowering and compiling vs running."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+
+class CompileClock:
+    """Counts JAX's tracing + lowering + compilation seconds and XLA compilations.
+
+    Counting starts at construction and ends at :meth:`stop` (or the end of a
+    ``with`` block); read differences of ``seconds`` / ``compiles`` to time
+    one call, e.g. to see that a repeated call did not compile again.
+    """
+
+    def __init__(self) -> None:
+        self.seconds, self.compiles, self._on = 0.0, 0, True
+        jax.monitoring.register_event_duration_secs_listener(self)
+
+    def __call__(self, event: str, duration: float, **_: Any) -> None:
+        if self._on and event.startswith("/jax/core/compile/"):
+            self.seconds += duration
+            self.compiles += event.endswith("backend_compile_duration")
+
+    def stop(self) -> None:
+        self._on = False  # jax has no public way to unregister a listener
+
+    def __enter__(self) -> CompileClock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,190 @@
+"""Chunked, sharded and stored runs give what one call gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from overfit import chunks
+from overfit.data import regression
+from overfit.models import mlp
+from overfit.train import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _square_plus(members, shared):
+    return {"y": members["a"] ** 2 + shared, "k": jax.vmap(jax.random.uniform)(members["key"])}
+
+
+def _members(n: int) -> dict:
+    return {"a": jnp.arange(n, dtype=jnp.float32),
+            "key": jax.random.split(jax.random.key(3), n)}
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    """Five MLP members with per-member widths and learning rates."""
+    data = regression(jax.random.key(0), target="sin", n_train=24, noise=0.1)
+    model = mlp(1, (8,))
+    keys = jax.random.split(jax.random.key(1), 5)
+    hparams = {"width": np.array([2, 8, 4, 8, 1])}
+    kw = dict(epochs=30, eval_every=5, hparams=hparams)
+    return model, data, keys, kw, fit(model, data, key=keys, **kw)
+
+
+def _assert_same(a, b, **tol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **(tol or {"rtol": 1e-6}))
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_chunked_fit_equals_one_call(sweep, size):
+    """5 members in chunks of 1, 2 or 4 (the last padded): the same numbers."""
+    model, data, keys, kw, whole = sweep
+    _assert_same(fit(model, data, key=keys, chunk_size=size, **kw), whole, rtol=1e-5,
+                 atol=1e-6)
+
+
+def test_chunk_size_from_the_memory_estimate(sweep, monkeypatch):
+    """With little free memory the estimate cuts the sweep into chunks; same results."""
+    model, data, keys, kw, whole = sweep
+    members = {"key": keys, "data": None, "hparams": {"width": kw["hparams"]["width"]}}
+    from overfit.train import DEFAULT_OPTIMIZER, _Config, _member_program, never
+    config = _Config(model, "mse", DEFAULT_OPTIMIZER, 30, None, never(), 5,
+                     (None, (("width", 0),)))
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype), members)
+    shared = {"data": data, "hparams": {}}
+    per, shared_bytes = chunks.member_bytes(_member_program(config), one, shared), \
+        chunks._nbytes(shared)
+    # at least the parameters and the history (4 curves x 6 evaluations, float32) of one member
+    n_params = 8 * 3 + 1
+    assert per >= 4 * (n_params + 4 * 6)
+    monkeypatch.setattr(chunks, "device_memory", lambda d: 2 * (2 * per + shared_bytes))
+    assert chunks.chunk_size_for(per, shared_bytes, [None]) == 2
+    calls = []
+    real = chunks._execute
+    monkeypatch.setattr(chunks, "_execute", lambda *a: calls.append(a[-3:]) or real(*a))
+    _assert_same(fit(model, data, key=keys, **kw), whole, rtol=1e-5, atol=1e-6)
+    assert len(calls) > 1 and all(size < 5 for *_, size in calls)
+
+
+def test_out_of_memory_splits_the_chunk_and_recovers(monkeypatch):
+    real = chunks._execute
+
+    def fake_oom(body, host, shared, devices, start, stop, size):
+        if size > 2:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1 GiB (simulated)")
+        return real(body, host, shared, devices, start, stop, size)
+
+    want = chunks.run_chunks(_square_plus, _members(7), shared=jnp.float32(1))
+    monkeypatch.setattr(chunks, "_execute", fake_oom)
+    with pytest.warns(RuntimeWarning, match="out of memory with 7 members per chunk"):
+        got = chunks.run_chunks(_square_plus, _members(7), shared=jnp.float32(1))
+    _assert_same(got, want)
+    np.testing.assert_allclose(got["y"], np.arange(7) ** 2 + 1)
+
+
+def test_other_errors_are_not_retried(monkeypatch):
+    monkeypatch.setattr(chunks, "_execute", lambda *a: (_ for _ in ()).throw(ValueError("bad")))
+    with pytest.raises(ValueError, match="bad"):
+        chunks.run_chunks(_square_plus, _members(3), shared=jnp.float32(0), chunk_size=1)
+
+
+def test_a_killed_run_resumes_from_its_stored_chunks(tmp_path, monkeypatch):
+    """The run dies in its third chunk: two chunk files remain (no partial ones); the
+    rerun computes only the rest and returns what an uninterrupted run returns."""
+    want = chunks.run_chunks(_square_plus, _members(10), shared=jnp.float32(2), chunk_size=3)
+    real, seen = chunks._execute, []
+
+    def dies_at_third(body, host, shared, devices, start, stop, size):
+        if start == 6:
+            raise KeyboardInterrupt
+        return real(body, host, shared, devices, start, stop, size)
+
+    monkeypatch.setattr(chunks, "_execute", dies_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        chunks.run_chunks(_square_plus, _members(10), shared=jnp.float32(2), chunk_size=3,
+                          store=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "000000000-000000003.npz", "000000003-000000006.npz", "manifest.json"]
+    monkeypatch.setattr(chunks, "_execute", lambda *a: seen.append(a[4:6]) or real(*a))
+    got = chunks.run_chunks(_square_plus, _members(10), shared=jnp.float32(2), chunk_size=3,
+                            store=tmp_path)
+    assert seen == [(6, 9), (9, 10)]
+    _assert_same(got, want, rtol=0)
+    seen.clear()  # everything is stored now: nothing runs
+    again = chunks.run_chunks(_square_plus, _members(10), shared=jnp.float32(2), store=tmp_path)
+    assert seen == []
+    _assert_same(again, want, rtol=0)
+
+
+def test_a_store_refuses_another_computation(tmp_path):
+    chunks.run_chunks(_square_plus, _members(4), shared=jnp.float32(2), store=tmp_path)
+    with pytest.raises(ValueError, match=r"store=.* holds chunks of a different computation"):
+        chunks.run_chunks(_square_plus, _members(4), shared=jnp.float32(3), store=tmp_path)
+
+
+def test_fit_stores_and_resumes(sweep, tmp_path):
+    model, data, keys, kw, whole = sweep
+    first = fit(model, data, key=keys, chunk_size=2, store=tmp_path, **kw)
+    assert len(list(tmp_path.glob("*.npz"))) == 3
+    _assert_same(first, whole, rtol=1e-5, atol=1e-6)
+    again = fit(model, data, key=keys, chunk_size=2, store=tmp_path, **kw)
+    _assert_same(again, first, rtol=0)
+    with pytest.raises(ValueError, match="different computation"):
+        fit(model, data, key=keys, chunk_size=2, store=tmp_path, **{**kw, "epochs": 40})
+
+
+def test_progress_bar_counts_models(capsys):
+    chunks.run_chunks(_square_plus, _members(6), shared=jnp.float32(0), chunk_size=2,
+                      progress=True)
+    assert "6/6" in capsys.readouterr().err
+
+
+def test_empty_members_and_several_processes_without_store_are_errors():
+    with pytest.raises(ValueError, match="at least one member"):
+        chunks.run_chunks(_square_plus, _members(0), shared=jnp.float32(0))
+    with pytest.raises(ValueError, match="2 processes share a sweep through its store"):
+        chunks.run_chunks(_square_plus, _members(3), shared=jnp.float32(0), process=(0, 2))
+
+
+def test_two_processes_share_the_work_through_the_store(tmp_path):
+    """Two processes (as under jax.distributed) each run their half of the chunks and
+    both return the whole result, equal to one process's."""
+    script = textwrap.dedent(f"""
+        import json, sys
+        import jax, jax.numpy as jnp, numpy as np
+        sys.path.insert(0, {str(ROOT / "tests")!r})
+        from overfit import chunks
+        from test_chunks import _members, _square_plus
+        real, ran = chunks._execute, []
+        chunks._execute = lambda *a: ran.append(a[4:6]) or real(*a)
+        out = chunks.run_chunks(_square_plus, _members(9), shared=jnp.float32(1),
+                                chunk_size=2, store={str(tmp_path)!r},
+                                process=(int(sys.argv[1]), 2), poll_s=0.05)
+        print(json.dumps({{"ran": ran, "y": out["y"].tolist(), "k": out["k"].tolist()}}))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in (0, 1)]
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=240)
+        assert p.returncode == 0, stderr
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    want = chunks.run_chunks(_square_plus, _members(9), shared=jnp.float32(1))
+    assert [tuple(r) for r in outs[0]["ran"]] == [(0, 2), (2, 4)]
+    assert [tuple(r) for r in outs[1]["ran"]] == [(4, 6), (6, 8), (8, 9)]
+    for out in outs:
+        np.testing.assert_allclose(out["y"], want["y"])
+        np.testing.assert_allclose(out["k"], want["k"])
