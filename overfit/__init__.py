@@ -3,12 +3,15 @@
 The flat public API. Submodules, one job each: ``data`` (samplers with the
 truth kept), ``models`` (``(init, apply)`` pairs of varying capacity), ``solve``
 (closed-form fits), ``train`` (the fused training loop), ``early_stopping``,
-``sweep`` (grids), ``decompose`` (bias-variance terms), ``theory`` (analytic
-risk curves), ``display`` (plots), ``scenario`` (TOML runs), ``idx`` (MNIST's
-IDX files from a local folder).
+``sweep`` (grids), ``chunks`` (members in memory-sized chunks across devices,
+stored for resume), ``clock`` (compile time), ``decompose`` (bias-variance
+terms), ``theory`` (analytic risk curves), ``display`` (plots), ``scenario``
+(TOML runs), ``idx`` (MNIST's IDX files from a local folder).
 """
 
 from overfit import decompose, theory
+from overfit.chunks import run_chunks, storing
+from overfit.clock import CompileClock
 from overfit.data import (
     REAL_DATASETS,
     SHAPES,
@@ -30,7 +33,7 @@ from overfit.early_stopping import EarlyStopping, StopState, never, patience, pr
 from overfit.idx import load_mnist_arrays, mnist, read_idx
 from overfit.models import Model, dropout, legendre, linear, mlp, polynomial, random_features
 from overfit.solve import fit_linear, solve
-from overfit.sweep import grid, take, unflatten
+from overfit.sweep import grid, map_members, take, unflatten
 from overfit.train import FitResult, History, evaluate, fit, objective
 
 __version__ = "0.1.0"
@@ -42,7 +45,8 @@ __all__ = [
     "load_mnist_arrays", "mnist", "read_idx",
     "EarlyStopping", "StopState", "never", "patience", "prechelt",
     "Model", "dropout", "legendre", "linear", "mlp", "polynomial", "random_features",
-    "fit_linear", "solve", "grid", "take", "unflatten",
+    "fit_linear", "solve", "grid", "map_members", "take", "unflatten",
+    "run_chunks", "storing", "CompileClock",
     "History", "FitResult", "evaluate", "fit", "objective",
     "decompose", "theory", "Term",
 ]

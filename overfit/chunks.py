@@ -23,14 +23,18 @@ the device count beyond float round-off (tested).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
+import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ import numpy as np
 
 Program = Callable[[Any, Any], Any]  # (members with a leading axis, shared) -> outputs
 _CHUNK_FILE = re.compile(r"^(\d{9})-(\d{9})\.npz$")
+log = logging.getLogger("overfit")
 
 
 # ------------------------------------------------------------------------ memory
@@ -169,11 +174,14 @@ class _Store:
     against resuming a different computation from the same folder.
     """
 
-    def __init__(self, path: str | os.PathLike, fingerprint: str, n: int):
+    def __init__(self, path: str | os.PathLike, fingerprint: str, n: int, replace: bool = False):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
         manifest = self.path / "manifest.json"
         mine = {"fingerprint": fingerprint, "members": n}
+        if replace and manifest.exists() and json.loads(manifest.read_text()) != mine:
+            log.info("%s: stored chunks are of another computation; starting afresh", path)
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
         if manifest.exists():
             theirs = json.loads(manifest.read_text())
             if theirs != mine:
@@ -222,6 +230,38 @@ def _fingerprint(body: Program, host: _HostMembers, shared: Any) -> str:
         h.update(str((a.shape, a.dtype)).encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+class _Ambient:
+    """The folder of a ``storing`` block and how many sweeps it has seen."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.calls = folder, 0
+
+    def next(self) -> Path:
+        self.calls += 1
+        return self.folder / f"{self.calls - 1:03d}"
+
+
+_AMBIENT: contextvars.ContextVar[_Ambient | None] = contextvars.ContextVar("store", default=None)
+
+
+@contextlib.contextmanager
+def storing(folder: str | os.PathLike) -> Iterator[Path]:
+    """Inside the block, every multi-chunk :func:`run_chunks` call without its own
+    ``store`` keeps its chunks in ``folder/000``, ``folder/001``, ... in call order.
+
+    Running the same code again in a block on the same folder resumes each sweep
+    from its stored chunks; a sweep whose program or inputs changed starts its
+    subfolder afresh. ``overfit run`` wraps every scenario in one, so a killed
+    scenario resumes mid-sweep.
+    """
+    folder = Path(folder)
+    token = _AMBIENT.set(_Ambient(folder))
+    try:
+        yield folder
+    finally:
+        _AMBIENT.reset(token)
 
 
 # ------------------------------------------------------------------------ runner
@@ -274,18 +314,17 @@ def run_chunks(
             there is more than one chunk.
         process: ``(index, count)`` of this process among several sharing
             ``store`` (default ``jax.process_index(), jax.process_count()``).
-            Process ``i`` runs chunks ``i, i + count, ...``, then waits for the
-            other processes' chunks to appear in ``store`` (checking every
-            ``poll_s`` seconds), so every process returns the whole result.
+            Process ``i`` runs the ``i``-th of ``count`` contiguous blocks of
+            members, then waits for the others' chunks to appear in ``store``
+            (checking every ``poll_s`` seconds), so every process returns the
+            whole result. Inside :func:`storing`, a call without ``store``
+            uses the block's next subfolder when it has more than one chunk.
 
     Returns:
         The outputs of all ``M`` members, as host NumPy arrays.
     """
     devices = tuple(jax.local_devices()[:1] if devices is None else devices)
     index, count = (jax.process_index(), jax.process_count()) if process is None else process
-    if count > 1 and store is None:
-        raise ValueError(f"{count} processes share a sweep through its store: pass store= "
-                         "(a folder every process can read and write).")
     host = _HostMembers(members)
     n = host.n
     if n < 1:
@@ -298,10 +337,23 @@ def run_chunks(
         chunk_size = chunk_size_for(member_bytes(body, one, shared), _nbytes(shared), devices)
     size = -(-min(max(int(chunk_size), 1), max(n, 1)) // len(devices)) * len(devices)
 
-    saved = _Store(store, _fingerprint(body, host, shared), n) if store is not None else None
+    ambient = _AMBIENT.get()
+    if store is None and ambient is not None:
+        sub = ambient.next()  # numbered on every call, so the numbering is reproducible
+        # one chunk has nothing to resume mid-way: skip the fingerprint's lowering
+        store = sub if count > 1 or -(-n // size) > 1 else None
+    if count > 1 and store is None:
+        raise ValueError(f"{count} processes share a sweep through its store: pass store= "
+                         "(a folder every process can read and write).")
+    saved = None
+    if store is not None:
+        saved = _Store(store, _fingerprint(body, host, shared), n, replace=ambient is not None)
     parts: dict[tuple[int, int], list[np.ndarray]] = {}
     if saved is not None:
         parts.update({r: _Store.load(p) for r, p in saved.done().items()})
+        if parts:
+            log.info("%s: %d of %d members loaded from stored chunks", saved.path,
+                     sum(b - a for a, b in parts), n)
     # process i owns the i-th contiguous block of members, whatever each process's
     # chunk size, so no member is left to nobody
     block = (n * index // count, n * (index + 1) // count)

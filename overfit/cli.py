@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import logging
 import os
 import sys
 import time
@@ -99,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("run", "gallery"):
         _compile_cache()
+        log = logging.getLogger("overfit")  # e.g. "... members loaded from stored chunks"
+        if not log.handlers:
+            log.addHandler(logging.StreamHandler(sys.stderr))
+            log.setLevel(logging.INFO)
     try:
         if args.command == "run":
             _run(args.files, args.out, args.overrides, args.force)

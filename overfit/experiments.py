@@ -164,7 +164,8 @@ def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
     return fit(model, data, key=keys, optimizer=optimizer(scenario), epochs=t.epochs,
                loss=None if t.loss == "auto" else t.loss,
                batch_size=t.batch_size or None, hparams=hparams, eval_every=t.eval_every,
-               early_stopping=stopper(scenario) if stop else None)
+               early_stopping=stopper(scenario) if stop else None,
+               chunk_size=scenario.sweep.chunk_size or None)
 
 
 def scores(model: models.Model, params, state, data: datasets.Dataset) -> dict[str, jax.Array]:

@@ -33,6 +33,7 @@ from typing import Any
 import jax
 
 from overfit import data as datasets
+from overfit.chunks import storing
 from overfit.clock import CompileClock
 from overfit.early_stopping import MONITORS
 from overfit.schema import build, knob
@@ -135,6 +136,8 @@ class SweepConfig:
                              lo=0.0, hi=1.0, hi_open=True)
     seeds: int = knob(10, "repeats per grid point (training-set draws)", lo=1)
     inits: int = knob(1, "initialisations per training set (bias_variance)", lo=1)
+    chunk_size: int = knob(0, "members trained per compiled call (0: from a memory estimate); "
+                           "finished chunks are kept, so a killed run resumes mid-sweep", lo=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,8 +309,10 @@ def run(scenario: Scenario, out_dir: str | os.PathLike, *, force: bool = False) 
     partial = out_dir / f".{scenario.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    # finished chunks of the sweeps outlive a killed run (the partial folder does not)
+    chunk_dir = out_dir / f".{scenario.name}.chunks"
     start = time.perf_counter()
-    with CompileClock() as compiled:
+    with CompileClock() as compiled, storing(chunk_dir):
         rows, figures = EXPERIMENTS[scenario.kind](scenario)
     for fname, figure in figures.items():
         save_figure(figure, partial / f"{fname}.png")
@@ -324,4 +329,5 @@ def run(scenario: Scenario, out_dir: str | os.PathLike, *, force: bool = False) 
         final.rename(old)
     partial.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(chunk_dir, ignore_errors=True)
     return final

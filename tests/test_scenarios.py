@@ -165,6 +165,41 @@ def test_a_finished_run_is_skipped_and_other_results_need_force(tmp_path):
     assert scenario.cached(sc, tmp_path)
 
 
+def test_a_scenario_killed_mid_sweep_resumes_from_its_chunks(tmp_path):
+    """SIGKILL `overfit run` once its first chunk of trained members is on disk; the rerun
+    loads the stored chunks, trains the rest, and its table equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = SCENARIOS[[p.stem for p in SCENARIOS].index("dropout")]
+    sets = ["sweep.seeds=2", "train.epochs=20", "data.n_test=50", "sweep.chunk_size=1"]
+    cmd = [sys.executable, "-m", "overfit.cli", "run", str(path),
+           *sum((["--set", s] for s in sets), [])]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "OVERFIT_NO_COMPILE_CACHE": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 200
+    while not list(killed.glob(".dropout.chunks/*/0*.npz")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before writing a chunk"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stored = len(list(killed.glob(".dropout.chunks/*/0*.npz")))
+    assert 1 <= stored < 8 and not (killed / "dropout").exists()
+    resumed = subprocess.run([*cmd, "--out", str(killed)], capture_output=True, text=True,
+                             env=env, check=True)
+    assert "members loaded from stored chunks" in resumed.stderr, resumed.stderr[-2000:]
+    subprocess.run([*cmd, "--out", str(tmp_path / "whole")], check=True, env=env,
+                   capture_output=True)
+    assert ((killed / "dropout" / "results.csv").read_bytes()
+            == (tmp_path / "whole" / "dropout" / "results.csv").read_bytes())
+    assert not (killed / ".dropout.chunks").exists()
+
+
 def test_a_killed_gallery_resumes_with_identical_results(tmp_path):
     """SIGKILL the gallery after its first scenario; the rerun skips that one, computes
     the rest, and every table equals an uninterrupted run's, byte for byte."""

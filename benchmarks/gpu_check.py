@@ -1,0 +1,125 @@
+"""One script for a GPU machine: the GPU-relevant tests, then the scale figures.
+
+Installs nothing. Run from the repository root (the repo on PYTHONPATH)::
+
+    PYTHONPATH=. python benchmarks/gpu_check.py            # tests + figures (~5 min on an H100)
+    PYTHONPATH=. python benchmarks/gpu_check.py --no-tests # figures only
+    PYTHONPATH=. python benchmarks/gpu_check.py --quick    # a smoke run, also on a CPU
+
+It prints the device, then
+
+1. ``pytest`` on the tests that exercise the compiled paths (training loop, chunks,
+   sharding, solvers, bias-variance), on whatever device JAX picked;
+2. the issue's target: 8192 MLPs 1-64-64-1 (tanh), 64 points, 2000 full-batch Adam
+   steps in ONE ``fit`` call, once compiled, with ``eval_every`` = 2000, 100 and 1;
+   achieved TFLOP/s (training arithmetic counted by hand: forward 2*64*(64 + 64*64 + 64)
+   FLOP per step and model, backward twice that) next to the card's peak;
+3. time per model at M = 32, 1024, 8192 (``eval_every=100``): it should fall with M
+   until the device is full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ["tests/test_train.py", "tests/test_chunks.py", "tests/test_sweep.py",
+         "tests/test_solve.py", "tests/test_decompose.py", "tests/test_early_stopping.py"]
+# dense peak TFLOP/s by device kind: (float32 on CUDA cores, TF32 on tensor cores)
+PEAKS = {"H100": (67.0, 495.0), "H200": (67.0, 495.0), "A100": (19.5, 156.0)}
+TARGET_S = 1.5
+HIDDEN, N_POINTS = (64, 64), 64
+
+
+def flops_per_step() -> float:
+    """Training FLOP of one full-batch step of one 1-64-64-1 MLP (matmuls only)."""
+    macs = N_POINTS * (1 * HIDDEN[0] + HIDDEN[0] * HIDDEN[1] + HIDDEN[1] * 1)
+    return 3 * 2 * macs  # forward, and backward's two matmuls per layer
+
+
+def peak(kind: str) -> tuple[float, float] | None:
+    return next((v for k, v in PEAKS.items() if k in kind), None)
+
+
+def run_tests(quick: bool) -> int:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-n", "0", "-p", "no:cacheprovider",
+           *TESTS]
+    if quick:
+        cmd += ["-k", "chunk or shard"]
+    print("$", " ".join(cmd), flush=True)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+
+
+def timed_fit(n_models: int, steps: int, eval_every: int, repeat: int = 2) -> tuple[float, float]:
+    """(first call s, fastest later call s) of one fit of ``n_models`` MLPs."""
+    import jax
+    import optax
+
+    from overfit import fit, mlp, regression
+
+    data = regression(jax.random.key(0), target="sin", n_train=N_POINTS, n_val=N_POINTS,
+                      noise=0.1)
+    model, opt = mlp(1, HIDDEN, activation="tanh"), optax.adam(1e-2)
+    keys = jax.random.split(jax.random.key(1), n_models)
+
+    def once() -> float:
+        start = time.perf_counter()
+        result = fit(model, data, key=keys, optimizer=opt, epochs=steps, eval_every=eval_every)
+        jax.block_until_ready(result)
+        return time.perf_counter() - start
+
+    first = once()
+    return first, min(once() for _ in range(repeat))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--no-tests", action="store_true")
+    p.add_argument("--quick", action="store_true", help="200 steps, M up to 1024")
+    args = p.parse_args(argv)
+
+    import jax
+
+    device = jax.devices()[0]
+    kind = getattr(device, "device_kind", device.platform)
+    print(f"# gpu_check: {kind} ({device.platform}), {len(jax.devices())} device(s), "
+          f"jax {jax.__version__}, python {sys.version.split()[0]}", flush=True)
+    failed = 0
+    if not args.no_tests:
+        failed = run_tests(args.quick)
+        print(f"tests: {'passed' if failed == 0 else 'FAILED'}", flush=True)
+
+    steps = 200 if args.quick else 2000
+    big = 1024 if args.quick else 8192
+    print(f"\n## {big} MLPs 1-64-64-1 tanh, {N_POINTS} points, {steps} Adam steps, one fit call")
+    print("| eval_every | first call s | once compiled s | TFLOP/s (training) | goal |")
+    print("|---:|---:|---:|---:|---|")
+    work = flops_per_step() * steps * big
+    for every in (steps, 100, 1):
+        first, steady = timed_fit(big, steps, every)
+        goal = (f"< {TARGET_S} s: {'met' if steady < TARGET_S else 'NOT met'}"
+                if every == steps and not args.quick else "")
+        print(f"| {every} | {first:.2f} | {steady:.3f} | {work / steady / 1e12:.2f} | {goal} |",
+              flush=True)
+    peaks = peak(kind)
+    if peaks:
+        print(f"peak of a {kind}: {peaks[0]:.0f} TFLOP/s float32, {peaks[1]:.0f} TF32 "
+              "(tensor cores, dense)")
+
+    print(f"\n## time per model, eval_every=100, {steps} steps")
+    print("| models | once compiled s | ms per model |")
+    print("|---:|---:|---:|")
+    for n in (32, 1024, big) if big > 1024 else (32, 1024):
+        _, steady = timed_fit(n, steps, 100)
+        print(f"| {n} | {steady:.3f} | {1e3 * steady / n:.3f} |", flush=True)
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
