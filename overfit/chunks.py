@@ -76,17 +76,18 @@ def _nbytes(tree: Any) -> int:
 
 
 def _jaxpr_bytes(jaxpr: Any) -> int:
-    """Sum of every intermediate's size, sub-programs (loop bodies) included once.
+    """Every intermediate of ``jaxpr`` plus the largest of its sub-programs.
 
-    An upper bound on what one member keeps live at a time: XLA frees and
-    reuses buffers, this counts each as if it were kept.
+    An upper bound on what one member keeps live at a time (XLA frees and
+    reuses buffers; this counts each as if it were kept), but sub-programs
+    (a loop body, a branch) run one at a time, so only the largest counts.
     """
-    total = 0
+    total, inner = 0, 0
     for eqn in jaxpr.eqns:
         total += sum(_size(v.aval) for v in eqn.outvars if hasattr(v.aval, "shape"))
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            total += _jaxpr_bytes(sub)
-    return total
+            inner = max(inner, _jaxpr_bytes(sub))
+    return total + inner
 
 
 def member_bytes(program: Program, one: Any, shared: Any) -> int:
@@ -139,10 +140,6 @@ class _HostMembers:
         return self.treedef.unflatten([jax.random.wrap_key_data(a, impl=impl) if impl else a
                                        for a, impl in zip(flat, self.impls)])
 
-    def digest(self, h: Any) -> None:
-        for a in self.arrays:
-            h.update(str((a.shape, a.dtype)).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
 
 
 @functools.lru_cache(maxsize=64)
@@ -160,7 +157,7 @@ def _compiled(body: Program, devices: tuple) -> Callable:
 
 def _is_oom(error: Exception) -> bool:
     text = str(error)
-    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
 # ------------------------------------------------------------------------ store
@@ -224,11 +221,11 @@ def _fingerprint(body: Program, host: _HostMembers, shared: Any) -> str:
     """Hash of the program (its lowered text for one member) and every input."""
     h = hashlib.sha256()
     h.update(jax.jit(body).lower([a[:1] for a in host.arrays], shared).as_text().encode())
-    host.digest(h)
-    for a in jax.tree.leaves(shared):
-        a = np.asarray(jax.random.key_data(a) if _is_key(a) else a)
-        h.update(str((a.shape, a.dtype)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+    shared = [jax.random.key_data(a) if _is_key(a) else a for a in jax.tree.leaves(shared)]
+    for a in [*host.arrays, *shared]:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
     return h.hexdigest()
 
 

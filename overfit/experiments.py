@@ -154,18 +154,20 @@ def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
     t, n_seeds = scenario.train, scenario.sweep.seeds
     n_members = len(next(iter(hparams.values()))) if hparams else n_seeds
     keys = jax.random.split(key, n_members)
+    x64 = use_x64(scenario)
     if t.method == "closed_form":
         index = draw_indices(data, n_members, n_seeds, draw_index)
-        return _solve_grid(model, data, hparams, keys, t.l2, index)
-    data = member_data(data, n_members, n_seeds, draw_index)
+        return _solve_grid(model, data, hparams, keys, t.l2, index, x64=x64)
+    data = _in_precision(member_data(data, n_members, n_seeds, draw_index), x64)
     hparams = dict(hparams)
     if t.input_noise:
         hparams["input_noise"] = t.input_noise
-    return fit(model, data, key=keys, optimizer=optimizer(scenario), epochs=t.epochs,
-               loss=None if t.loss == "auto" else t.loss,
-               batch_size=t.batch_size or None, hparams=hparams, eval_every=t.eval_every,
-               early_stopping=stopper(scenario) if stop else None,
-               chunk_size=scenario.sweep.chunk_size or None)
+    with jax.enable_x64(x64):
+        return fit(model, data, key=keys, optimizer=optimizer(scenario), epochs=t.epochs,
+                   loss=None if t.loss == "auto" else t.loss,
+                   batch_size=t.batch_size or None, hparams=hparams, eval_every=t.eval_every,
+                   early_stopping=stopper(scenario) if stop else None,
+                   chunk_size=scenario.sweep.chunk_size or None)
 
 
 def scores(model: models.Model, params, state, data: datasets.Dataset) -> dict[str, jax.Array]:
@@ -184,9 +186,23 @@ def scores(model: models.Model, params, state, data: datasets.Dataset) -> dict[s
     return result
 
 
-def _float64(tree: Any) -> Any:
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if a.dtype == jnp.float32 else a,
-                        tree)
+def use_x64(scenario: Scenario, closed_form: bool | None = None) -> bool:
+    """Whether ``train.precision`` asks for float64 (``auto``: for closed-form solves)."""
+    if scenario.train.precision == "auto":
+        return scenario.train.method == "closed_form" if closed_form is None else closed_form
+    return scenario.train.precision == "float64"
+
+
+def _in_precision(tree: Any, x64: bool) -> Any:
+    """Float arrays of ``tree`` as float64 (``x64``) or float32; others unchanged."""
+    dtype = np.float64 if x64 else np.float32
+    return jax.tree.map(lambda a: np.asarray(a, dtype)
+                        if np.issubdtype(np.asarray(a).dtype, np.floating) else a, tree)
+
+
+def _is_x64(result: Any) -> bool:
+    """Whether a fit or solve was done in float64 (its parameters are)."""
+    return any(np.asarray(a).dtype == np.float64 for a in jax.tree.leaves(result.params))
 
 
 def _per_member(data: datasets.Dataset, members: Any, f: Callable, *, width: int,
@@ -218,16 +234,18 @@ def _width(model: models.Model) -> int:
     return max(max(a.shape, default=1) for a in jax.tree.leaves(shapes))
 
 
-def _solve_grid(model, data, hparams, keys, ridge, draw_index=None) -> Solved:
-    """Closed-form fits of every member, as batched SVDs in float64."""
+def _solve_grid(model, data, hparams, keys, ridge, draw_index=None, *, x64: bool = True
+                ) -> Solved:
+    """Closed-form fits of every member, as batched SVDs (in float64 when ``x64``)."""
 
     def one(member, d):
         key, hp = member
         params, state = model.init(key, **{k: v for k, v in hp.items() if k in model.hparams})
         return fit_linear(model, state, d.x_train, d.y_train, ridge=hp.get("l2", ridge)), state
 
-    with jax.enable_x64(True):
-        return Solved(*_per_member(_float64(data), (keys, hparams), one, width=_width(model),
+    with jax.enable_x64(x64):
+        return Solved(*_per_member(_in_precision(data, x64), (keys, hparams), one,
+                                   width=_width(model),
                                    draw_index=draw_index))
 
 
@@ -240,8 +258,9 @@ def grid_scores(scenario: Scenario, model: models.Model, result, data,
     """
     n = jax.tree.leaves(result.params)[0].shape[0]
     draw_index = draw_indices(data, n, scenario.sweep.seeds, draw_index)
-    with jax.enable_x64(isinstance(result, Solved)):
-        data = _float64(data) if isinstance(result, Solved) else data
+    x64 = _is_x64(result)
+    with jax.enable_x64(x64):
+        data = _in_precision(data, x64)
 
         def one(member, d):
             params, state = member
@@ -321,11 +340,12 @@ def five_points(scenario: Scenario) -> tuple[Rows, Figures]:
     grid_x = jnp.linspace(*domain, 400)[:, None]
     fig, axes = panels(2, sharey=True, title=scenario.title or "Same five points, two models")
     rows = []
-    with jax.enable_x64(True):
+    x64 = use_x64(scenario, closed_form=True)
+    with jax.enable_x64(x64):
         for ax, degree in zip(axes, (1, 6)):
             model = models.polynomial(degree, domain=domain)
             params, state = model.init(key)
-            params = fit_linear(model, state, data.x_train.astype(jnp.float64), data.y_train)
+            params = fit_linear(model, state, _in_precision(data.x_train, x64), data.y_train)
             err = scores(model, params, state, data)
             n_params = int(model.n_params(state))
             rows.append({"model": f"degree {degree}", "n_params": n_params,
@@ -577,8 +597,9 @@ def _sweep_axis(scenario: Scenario) -> tuple[str, list]:
 
 def predictions(model: models.Model, result, x: jax.Array) -> jax.Array:
     """Raw outputs of every member at shared inputs ``x``: ``(M, n)`` or ``(M, n, K)``."""
-    with jax.enable_x64(isinstance(result, Solved)):
-        x = x.astype(jnp.float64) if isinstance(result, Solved) else x
+    x64 = _is_x64(result)
+    with jax.enable_x64(x64):
+        x = _in_precision(x, x64)
         out = jax.vmap(model.apply, in_axes=(0, 0, None))(result.params, result.state, x)
         return np.asarray(out)
 
@@ -813,8 +834,9 @@ def _min_norm_grid(scenario: Scenario, values: list, ridges: list, sample_wise: 
             model = build_model(sub, d)
             column = column if sample_wise else model.capacity
             index = np.flatnonzero(np.isin(flat["value"], group))
-            with jax.enable_x64(True):
-                part = _per_member(_float64(d), take(members, index),
+            with jax.enable_x64(use_x64(scenario, closed_form=True)):
+                part = _per_member(_in_precision(d, use_x64(scenario, closed_form=True)),
+                                   take(members, index),
                                    _min_norm_member(model, isotropic, scenario.data.r2),
                                    width=_width(model), draw_index=flat["seed"][index])
             for k, v in part.items():

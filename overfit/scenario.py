@@ -93,6 +93,9 @@ class TrainConfig:
 
     method: str = knob("gradient", "closed-form solve or gradient training",
                        choices=("closed_form", "gradient"))
+    precision: str = knob("auto", "floating point: auto = float64 for closed-form solves "
+                          "(min-norm near the threshold needs it), float32 for training",
+                          choices=("auto", "float32", "float64"))
     optimizer: str = knob("adam", "optax optimizer", choices=("adam", "sgd", "adamw"))
     loss: str = knob("auto", "training loss (auto: mse, bce or ce from the task)",
                      choices=("auto", "mse", "bce", "ce", "mse_onehot"))

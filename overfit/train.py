@@ -429,10 +429,11 @@ def fit(
     if axes is None:
         return _fit_one(key, data, hparams, config=config)
     members, shared = _split_members(key, data, hparams, axes)
-    result = run_chunks(_member_program(config), members, shared=shared, chunk_size=chunk_size,
-                        devices=jax.local_devices() if devices is None else devices,
-                        store=store, progress=progress)
-    return result
+    if not is_concrete((members, shared)):  # inside the caller's jit: one traced program
+        return _member_program(config)(members, shared)
+    return run_chunks(_member_program(config), members, shared=shared, chunk_size=chunk_size,
+                      devices=jax.local_devices() if devices is None else devices,
+                      store=store, progress=progress)
 
 
 def _check_model_hparams(model: Model, hparams: Mapping[str, Any]) -> None:

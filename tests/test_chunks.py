@@ -88,8 +88,11 @@ def test_out_of_memory_splits_the_chunk_and_recovers(monkeypatch):
 
     want = chunks.run_chunks(_square_plus, _members(7), shared=jnp.float32(1))
     monkeypatch.setattr(chunks, "_execute", fake_oom)
-    with pytest.warns(RuntimeWarning, match="out of memory with 7 members per chunk"):
+    with pytest.warns(RuntimeWarning) as record:
         got = chunks.run_chunks(_square_plus, _members(7), shared=jnp.float32(1))
+    assert [str(w.message) for w in record] == [
+        "out of memory with 7 members per chunk; retrying with 3.",
+        "out of memory with 3 members per chunk; retrying with 1."]
     _assert_same(got, want)
     np.testing.assert_allclose(got["y"], np.arange(7) ** 2 + 1)
 
@@ -188,3 +191,11 @@ def test_two_processes_share_the_work_through_the_store(tmp_path):
     for out in outs:
         np.testing.assert_allclose(out["y"], want["y"])
         np.testing.assert_allclose(out["k"], want["k"])
+
+
+def test_fit_inside_the_callers_jit_is_one_traced_program(sweep):
+    """Under jax.jit there is nothing to chunk on the host: fit traces straight through
+    and returns what the eager call returns."""
+    model, data, keys, kw, whole = sweep
+    traced = jax.jit(lambda k: fit(model, data, key=k, **kw))(keys)
+    _assert_same(traced, whole, rtol=1e-5, atol=1e-6)

@@ -130,3 +130,29 @@ def test_double_descent_noise_levels_match_the_exact_risk_at_each_level():
             assert abs(risk.mean() - want) < 4 * se + 1e-3, (noise, p, risk.mean(), want)
             mean[noise, p] = risk.mean()
     assert mean[1.0, 25] > mean[0.5, 25] and mean[1.0, 100] > mean[0.5, 100]
+
+
+def test_train_precision_switches_solves_and_training_between_float32_and_float64():
+    """auto: float64 solves, float32 training; either can be forced, and a well-conditioned
+    cubic fit gives the same errors in both precisions to float32 round-off."""
+    import jax
+
+    base = {"name": "t", "kind": "capacity_curve", "data": {"n_train": 20, "n_test": 50},
+            "model": {"kind": "polynomial", "max_degree": 3}, "sweep": {"seeds": 2}}
+    risks = {}
+    for method, precision, want in [("closed_form", "auto", np.float64),
+                                    ("closed_form", "float32", np.float32),
+                                    ("gradient", "auto", np.float32),
+                                    ("gradient", "float64", np.float64)]:
+        sc = scenario.from_dict({**base, "train": {"method": method, "precision": precision,
+                                                   "epochs": 5}})
+        sweep = experiments._sweep(sc, None, [1, 3])
+        assert {np.asarray(a).dtype for a in jax.tree.leaves(sweep.result.params)} == {
+            np.dtype(want)}, (method, precision)
+        risks[method, precision] = sweep.values["test_risk"]
+    np.testing.assert_allclose(risks["closed_form", "float32"], risks["closed_form", "auto"],
+                               rtol=1e-4)
+    np.testing.assert_allclose(risks["gradient", "float64"], risks["gradient", "auto"],
+                               rtol=1e-3)
+    with pytest.raises(ValueError, match="train.precision"):
+        scenario.from_dict({**base, "train": {"precision": "float16"}})
