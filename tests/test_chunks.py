@@ -31,14 +31,17 @@ def _members(n: int) -> dict:
             "key": jax.random.split(jax.random.key(3), n)}
 
 
+def _sweep_args():
+    """Five MLP members with per-member widths: (model, data, keys, fit keywords)."""
+    data = regression(jax.random.key(0), target="sin", n_train=24, noise=0.1)
+    keys = jax.random.split(jax.random.key(1), 5)
+    kw = dict(epochs=30, eval_every=5, hparams={"width": np.array([2, 8, 4, 8, 1])})
+    return mlp(1, (8,)), data, keys, kw
+
+
 @pytest.fixture(scope="module")
 def sweep():
-    """Five MLP members with per-member widths and learning rates."""
-    data = regression(jax.random.key(0), target="sin", n_train=24, noise=0.1)
-    model = mlp(1, (8,))
-    keys = jax.random.split(jax.random.key(1), 5)
-    hparams = {"width": np.array([2, 8, 4, 8, 1])}
-    kw = dict(epochs=30, eval_every=5, hparams=hparams)
+    model, data, keys, kw = _sweep_args()
     return model, data, keys, kw, fit(model, data, key=keys, **kw)
 
 
@@ -161,21 +164,31 @@ def test_empty_members_and_several_processes_without_store_are_errors():
         chunks.run_chunks(_square_plus, _members(3), shared=jnp.float32(0), process=(0, 2))
 
 
-def test_two_processes_share_the_work_through_the_store(tmp_path):
-    """Two processes (as under jax.distributed) each run their half of the chunks and
-    both return the whole result, equal to one process's."""
+def test_two_jax_distributed_processes_share_a_fit_through_the_store(tmp_path):
+    """Two processes joined by jax.distributed (on the CPU) make the same fit call with a
+    shared store: each trains only its block of members, both return the whole result,
+    equal to one process's."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     script = textwrap.dedent(f"""
         import json, sys
-        import jax, jax.numpy as jnp, numpy as np
-        sys.path.insert(0, {str(ROOT / "tests")!r})
+        import jax
+        jax.distributed.initialize(coordinator_address="127.0.0.1:{port}", num_processes=2,
+                                   process_id=int(sys.argv[1]), initialization_timeout=120)
+        import numpy as np
         from overfit import chunks
-        from test_chunks import _members, _square_plus
+        sys.path.insert(0, {str(ROOT / "tests")!r})
+        from test_chunks import _sweep_args
+        from overfit.train import fit
         real, ran = chunks._execute, []
         chunks._execute = lambda *a: ran.append(a[4:6]) or real(*a)
-        out = chunks.run_chunks(_square_plus, _members(9), shared=jnp.float32(1),
-                                chunk_size=2, store={str(tmp_path)!r},
-                                process=(int(sys.argv[1]), 2), poll_s=0.05)
-        print(json.dumps({{"ran": ran, "y": out["y"].tolist(), "k": out["k"].tolist()}}))
+        model, data, keys, kw = _sweep_args()
+        res = fit(model, data, key=keys, chunk_size=2, store={str(tmp_path)!r}, **kw)
+        print(json.dumps({{"count": jax.process_count(), "ran": ran,
+                          "loss": np.asarray(res.history.train_loss).tolist()}}))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], env=env, text=True,
@@ -183,14 +196,15 @@ def test_two_processes_share_the_work_through_the_store(tmp_path):
     outs = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=240)
-        assert p.returncode == 0, stderr
+        assert p.returncode == 0, stderr[-3000:]
         outs.append(json.loads(stdout.strip().splitlines()[-1]))
-    want = chunks.run_chunks(_square_plus, _members(9), shared=jnp.float32(1))
-    assert [tuple(r) for r in outs[0]["ran"]] == [(0, 2), (2, 4)]
-    assert [tuple(r) for r in outs[1]["ran"]] == [(4, 6), (6, 8), (8, 9)]
+    model, data, keys, kw = _sweep_args()
+    want = fit(model, data, key=keys, **kw)
+    assert [o["count"] for o in outs] == [2, 2]
+    assert [tuple(r) for r in outs[0]["ran"]] == [(0, 2)]
+    assert [tuple(r) for r in outs[1]["ran"]] == [(2, 4), (4, 5)]
     for out in outs:
-        np.testing.assert_allclose(out["y"], want["y"])
-        np.testing.assert_allclose(out["k"], want["k"])
+        np.testing.assert_allclose(out["loss"], want.history.train_loss, rtol=1e-5)
 
 
 def test_fit_inside_the_callers_jit_is_one_traced_program(sweep):
