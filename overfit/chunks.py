@@ -95,8 +95,28 @@ def member_bytes(program: Program, one: Any, shared: Any) -> int:
 
     ``one`` is a batch of one member (arrays or ``jax.ShapeDtypeStruct``).
     """
-    closed = jax.make_jaxpr(program)(one, shared)
+    return _traced_bytes(jax.make_jaxpr(program)(one, shared), one)
+
+
+def _traced_bytes(closed: Any, one: Any) -> int:
     return _nbytes(one) + _jaxpr_bytes(closed.jaxpr)
+
+
+@functools.lru_cache(maxsize=256)
+def _traced(body: Program, one: tuple, shared_tree: Any, shared_avals: tuple
+            ) -> tuple[Any, int]:
+    """(output tree, bytes per member) of ``body``, traced once per signature."""
+    shared = jax.tree.unflatten(shared_tree, [jax.ShapeDtypeStruct(*a) for a in shared_avals])
+    closed, out = jax.make_jaxpr(body, return_shape=True)(list(one), shared)
+    return jax.tree.structure(out), _traced_bytes(closed, one)
+
+
+def _signature(host: _HostMembers, shared: Any) -> tuple:
+    """Hashable shapes of one member and of ``shared``: the key of ``_traced``."""
+    one = tuple(jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype) for a in host.arrays)
+    leaves, tree = jax.tree.flatten(shared)
+    return one, tree, tuple((np.shape(a), a.dtype if hasattr(a, "dtype")
+                             else jax.numpy.result_type(a)) for a in leaves)
 
 
 def chunk_size_for(per_member: int, shared_bytes: int, devices: Sequence[Any], *,
@@ -327,11 +347,9 @@ def run_chunks(
     if n < 1:
         raise ValueError("members must have a leading axis of at least one member.")
     body = _FlatBody(program, host.treedef, tuple(host.impls))
-    one = [jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype) for a in host.arrays]
-    out_tree = jax.tree.structure(
-        jax.eval_shape(lambda flat, s: program(host.rebuild(flat), s), one, shared))
+    out_tree, per_member = _traced(body, *_signature(host, shared))
     if chunk_size is None:
-        chunk_size = chunk_size_for(member_bytes(body, one, shared), _nbytes(shared), devices)
+        chunk_size = chunk_size_for(per_member, _nbytes(shared), devices)
     size = -(-min(max(int(chunk_size), 1), max(n, 1)) // len(devices)) * len(devices)
 
     ambient = _AMBIENT.get()
@@ -387,7 +405,7 @@ class _FlatBody:
     def __call__(self, flat: list, shared: Any) -> Any:
         members = self.treedef.unflatten([jax.random.wrap_key_data(a, impl=impl) if impl else a
                                           for a, impl in zip(flat, self.impls)])
-        return jax.tree.leaves(self.program(members, shared))
+        return self.program(members, shared)
 
 
 def _run_ranges(body, host, shared, devices, todo, size, parts, saved, bar) -> None:
@@ -415,7 +433,7 @@ def _execute(body, host, shared, devices, start: int, stop: int, size: int) -> l
     """One chunk: members ``start:stop`` padded to ``size``, run, trimmed, on the host."""
     index = np.minimum(np.arange(start, start + size), stop - 1)
     out = _compiled(body, devices)(host.take(index), shared)
-    return [np.asarray(a)[: stop - start] for a in out]
+    return [np.asarray(a)[: stop - start] for a in jax.tree.leaves(out)]
 
 
 class _NoBar:
