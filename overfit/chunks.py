@@ -334,10 +334,12 @@ def run_chunks(
             function object across calls: compiled code is cached on it.
         members: pytree of arrays (PRNG keys allowed), leading axis ``M``.
         shared: pytree passed whole to every chunk (e.g. the data set).
-        chunk_size: members per call; None derives it from a memory estimate
-            (half the free memory of the smallest device). Rounded up to a
-            multiple of the device count; the last chunk is padded by repeating
-            its final member, then trimmed, so every chunk has one shape.
+        chunk_size: at most this many members per call; None derives it
+            from a memory estimate (:func:`chunk_size_for`: half the free
+            memory of the smallest device, and on a CPU twice its cache).
+            Chunks are made equal and rounded up to a multiple of the device
+            count; the last is padded by repeating its final member, then
+            trimmed, so every chunk has one shape.
         devices: devices to split each chunk across (default: the first local
             device).
         store: folder for finished chunks. A later call with the same program
