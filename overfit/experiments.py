@@ -834,9 +834,9 @@ def _min_norm_grid(scenario: Scenario, values: list, ridges: list, sample_wise: 
             model = build_model(sub, d)
             column = column if sample_wise else model.capacity
             index = np.flatnonzero(np.isin(flat["value"], group))
-            with jax.enable_x64(use_x64(scenario, closed_form=True)):
-                part = _per_member(_in_precision(d, use_x64(scenario, closed_form=True)),
-                                   take(members, index),
+            x64 = use_x64(scenario, closed_form=True)
+            with jax.enable_x64(x64):
+                part = _per_member(_in_precision(d, x64), take(members, index),
                                    _min_norm_member(model, isotropic, scenario.data.r2),
                                    width=_width(model), draw_index=flat["seed"][index])
             for k, v in part.items():

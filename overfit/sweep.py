@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,7 +59,7 @@ def take(tree: Any, index: Any) -> Any:
 
 
 def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | None = None,
-                devices: Sequence[Any] | None = None, store: str | None = None,
+                devices: Sequence[Any] | None = None, store: str | os.PathLike | None = None,
                 progress: bool | None = None) -> Any:
     """``f(member, shared)`` over the leading axis of ``members``, ``batch_size`` at a time.
 
