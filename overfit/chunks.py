@@ -270,34 +270,37 @@ def _fingerprint(body: Program, host: _HostMembers, shared: Any) -> str:
     return h.hexdigest()
 
 
-class _Ambient:
-    """The folder of a ``storing`` block and how many sweeps it has seen."""
+class Stored:
+    """A ``storing`` block: its folder, and ``chunks``, one ``{"members", "chunk_size"}``
+    per sweep run inside it (the chunk size decides the kernels, so results record it)."""
 
     def __init__(self, folder: Path):
         self.folder, self.calls = folder, 0
+        self.chunks: list[dict[str, int]] = []
 
     def next(self) -> Path:
         self.calls += 1
         return self.folder / f"{self.calls - 1:03d}"
 
 
-_AMBIENT: contextvars.ContextVar[_Ambient | None] = contextvars.ContextVar("store", default=None)
+_AMBIENT: contextvars.ContextVar[Stored | None] = contextvars.ContextVar("store", default=None)
 
 
 @contextlib.contextmanager
-def storing(folder: str | os.PathLike) -> Iterator[Path]:
+def storing(folder: str | os.PathLike) -> Iterator[Stored]:
     """Inside the block, every multi-chunk :func:`run_chunks` call without its own
     ``store`` keeps its chunks in ``folder/000``, ``folder/001``, ... in call order.
 
     Running the same code again in a block on the same folder resumes each sweep
     from its stored chunks; a sweep whose program or inputs changed starts its
     subfolder afresh. ``overfit run`` wraps every scenario in one, so a killed
-    scenario resumes mid-sweep.
+    scenario resumes mid-sweep. Yields a :class:`Stored` that lists every
+    sweep's member count and chunk size.
     """
-    folder = Path(folder)
-    token = _AMBIENT.set(_Ambient(folder))
+    stored = Stored(Path(folder))
+    token = _AMBIENT.set(stored)
     try:
-        yield folder
+        yield stored
     finally:
         _AMBIENT.reset(token)
 
@@ -380,6 +383,7 @@ def run_chunks(
     ambient = _AMBIENT.get()
     if store is None and ambient is not None:
         sub = ambient.next()  # numbered on every call, so the numbering is reproducible
+        ambient.chunks.append({"members": n, "chunk_size": size})
         # one chunk has nothing to resume mid-way: skip the fingerprint's lowering
         store = sub if count > 1 or -(-n // size) > 1 else None
     if count > 1 and store is None:

@@ -315,7 +315,7 @@ def run(scenario: Scenario, out_dir: str | os.PathLike, *, force: bool = False) 
     # finished chunks of the sweeps outlive a killed run (the partial folder does not)
     chunk_dir = out_dir / f".{scenario.name}.chunks"
     start = time.perf_counter()
-    with CompileClock() as compiled, storing(chunk_dir):
+    with CompileClock() as compiled, storing(chunk_dir) as stored:
         rows, figures = EXPERIMENTS[scenario.kind](scenario)
     for fname, figure in figures.items():
         save_figure(figure, partial / f"{fname}.png")
@@ -324,6 +324,7 @@ def run(scenario: Scenario, out_dir: str | os.PathLike, *, force: bool = False) 
             "fingerprint": fingerprint(scenario),
             "wall_time_s": round(time.perf_counter() - start, 3),
             "compile_time_s": round(compiled.seconds, 3),
+            "chunks": stored.chunks,  # members and chunk size of every sweep, in call order
             "figures": sorted(f"{f}.png" for f in figures)}
     (partial / "results.json").write_text(json.dumps(meta, indent=2))
     old = out_dir / f".{scenario.name}.old"

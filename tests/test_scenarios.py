@@ -198,6 +198,8 @@ def test_a_scenario_killed_mid_sweep_resumes_from_its_chunks(tmp_path):
     assert ((killed / "dropout" / "results.csv").read_bytes()
             == (tmp_path / "whole" / "dropout" / "results.csv").read_bytes())
     assert not (killed / ".dropout.chunks").exists()
+    meta = json.loads((killed / "dropout" / "results.json").read_text())
+    assert {"members": 8, "chunk_size": 1} in meta["chunks"]  # 4 rates x 2 seeds, as set
 
 
 def test_a_killed_gallery_resumes_with_identical_results(tmp_path):
