@@ -176,12 +176,6 @@ class _HostMembers:
     def take(self, index: np.ndarray) -> list[np.ndarray]:
         return [a[index] for a in self.arrays]
 
-    def rebuild(self, flat: list) -> Any:
-        """The members pytree from the (traced) arrays ``take`` gave."""
-        return self.treedef.unflatten([jax.random.wrap_key_data(a, impl=impl) if impl else a
-                                       for a, impl in zip(flat, self.impls)])
-
-
 
 @functools.lru_cache(maxsize=64)
 def _compiled(body: Program, devices: tuple) -> Callable:
@@ -434,6 +428,7 @@ class _FlatBody:
         return isinstance(other, _FlatBody) and self._key == other._key
 
     def __call__(self, flat: list, shared: Any) -> Any:
+        """``program`` on the members rebuilt from the host arrays ``_HostMembers`` cuts."""
         members = self.treedef.unflatten([jax.random.wrap_key_data(a, impl=impl) if impl else a
                                           for a, impl in zip(flat, self.impls)])
         return self.program(members, shared)
@@ -467,20 +462,8 @@ def _execute(body, host, shared, devices, start: int, stop: int, size: int) -> l
     return [np.asarray(a)[: stop - start] for a in jax.tree.leaves(out)]
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
 def _bar(show: bool, total: int, initial: int, delay: float) -> Any:
-    if not show:
-        return _NoBar()
     from tqdm.auto import tqdm  # imported on use: it probes for a notebook on import
 
-    return tqdm(total=total, initial=initial, unit="model", desc="models", delay=delay)
+    return tqdm(total=total, initial=initial, unit="model", desc="models", delay=delay,
+                disable=not show)

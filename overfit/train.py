@@ -378,9 +378,11 @@ def fit(
         eval_every: epochs between evaluations of the train / validation loss
             and metric (one forward pass over both splits, about half to one
             full-batch training step); must divide ``epochs``.
-        chunk_size: with ``M`` members, how many train per compiled call;
-            None sizes chunks from a memory estimate (all at once when they
-            fit). A chunk that runs out of device memory is halved and retried.
+        chunk_size: with ``M`` members, at most how many train per compiled
+            call; None sizes chunks from a memory estimate (half the free
+            device memory, and on a CPU twice its cache; see
+            :func:`overfit.chunks.chunk_size_for`). A chunk that runs out of
+            device memory is halved and retried.
         devices: each chunk is split evenly across these (default: every
             local device, ``jax.local_devices()``); the results do not depend
             on the count beyond float round-off.
@@ -388,7 +390,7 @@ def fit(
             calling again with the same arguments resumes from them (see
             :func:`overfit.chunks.run_chunks`, also for several processes).
         progress: a progress bar over the members (None: only when there is
-            more than one chunk).
+            more than one chunk and the run lasts over 2 s).
 
     Returns:
         A :class:`FitResult`; with ``M`` members every leaf has a leading ``M``
