@@ -68,14 +68,24 @@ def _squeeze(out: Array, n_out: int) -> Array:
 
 
 def _linear_in_params(
-    features: Callable[[State, Array], Array],
+    basis: Callable[[State, Array], Array],
+    column_scale: Callable[[State], Array],
     make_state: Callable[..., State],
     width: int,
     count: Callable[[State], Array],
     capacity: str | None,
     n_out: int,
 ) -> Model:
-    """A model ``x -> features(state, x) @ coef`` with zero-initialised ``coef``."""
+    """A model ``x -> (basis(state, x) * column_scale(state)) @ coef``, ``coef`` zero at init.
+
+    ``column_scale`` ``(P,)`` carries the capacity mask (and any per-column
+    normalisation). ``apply`` folds it into ``coef`` instead of the features: a
+    capacity sweep predicting shared test points then computes the basis once,
+    not once per member, and its predictions are one matrix product.
+    """
+
+    def features(state: State, x: Array) -> Array:
+        return basis(state, x) * column_scale(state)
 
     def init(key: Array, **hparams: Any) -> tuple[Params, State]:
         coef = jnp.zeros((width,) if n_out == 1 else (width, n_out))
@@ -83,7 +93,9 @@ def _linear_in_params(
 
     def apply(params: Params, state: State, x: Array, *, key=None, train=False) -> Array:
         del key, train  # deterministic
-        return features(state, x) @ params["coef"]
+        coef = params["coef"]
+        scale = column_scale(state)
+        return basis(state, x) @ (scale * coef if coef.ndim == 1 else scale[:, None] * coef)
 
     def n_params(state: State) -> Array:
         return count(state) * n_out
@@ -128,14 +140,15 @@ def polynomial(max_degree: int, *, domain: tuple[float, float] = (0.0, 1.0)) -> 
         check_range("degree", degree, lo=0, hi=max_degree)
         return {"degree": jnp.asarray(degree, jnp.int32)}
 
-    def features(state: State, x: Array) -> Array:
-        t = (2.0 * x[:, 0] - (lo + hi)) / (hi - lo)
-        mask = jnp.arange(max_degree + 1) <= state["degree"]
-        return legendre(t, max_degree) * mask
+    def basis(state: State, x: Array) -> Array:
+        del state
+        return legendre((2.0 * x[:, 0] - (lo + hi)) / (hi - lo), max_degree)
 
-    return _linear_in_params(
-        features, make_state, max_degree + 1, lambda s: s["degree"] + 1, "degree", 1
-    )
+    def column_scale(state: State) -> Array:
+        return jnp.where(jnp.arange(max_degree + 1) <= state["degree"], 1.0, 0.0)
+
+    return _linear_in_params(basis, column_scale, make_state, max_degree + 1,
+                             lambda s: s["degree"] + 1, "degree", 1)
 
 
 def random_features(
@@ -169,15 +182,16 @@ def random_features(
             b = scale * jax.random.normal(kb, (max_features,))
         return {"n_features": jnp.asarray(n_features, jnp.int32), "w": w, "b": b}
 
-    def features(state: State, x: Array) -> Array:
+    def basis(state: State, x: Array) -> Array:
         z = x @ state["w"] + state["b"]
-        phi = jnp.cos(z) if kind == "fourier" else jax.nn.relu(z)
-        live = jnp.arange(max_features) < state["n_features"]
-        return phi * live * jnp.sqrt(2.0 / state["n_features"])
+        return jnp.cos(z) if kind == "fourier" else jax.nn.relu(z)
 
-    return _linear_in_params(
-        features, make_state, max_features, lambda s: s["n_features"], "n_features", 1
-    )
+    def column_scale(state: State) -> Array:
+        live = jnp.arange(max_features) < state["n_features"]
+        return live * jnp.sqrt(2.0 / state["n_features"])
+
+    return _linear_in_params(basis, column_scale, make_state, max_features,
+                             lambda s: s["n_features"], "n_features", 1)
 
 
 def linear(n_in: int, *, n_out: int = 1, bias: bool = True) -> Model:
@@ -197,12 +211,17 @@ def linear(n_in: int, *, n_out: int = 1, bias: bool = True) -> Model:
         check_range("n_inputs", n_inputs, lo=1, hi=n_in)
         return {"n_inputs": jnp.asarray(n_inputs, jnp.int32)}
 
-    def features(state: State, x: Array) -> Array:
-        x = x * (jnp.arange(n_in) < state["n_inputs"])
+    def basis(state: State, x: Array) -> Array:
+        del state
         return jnp.concatenate([x, jnp.ones_like(x[:, :1])], axis=1) if bias else x
 
+    def column_scale(state: State) -> Array:
+        live = jnp.arange(n_in + int(bias)) < state["n_inputs"]
+        # the bias column (last) is always live
+        return jnp.where(live | (jnp.arange(n_in + int(bias)) == n_in), 1.0, 0.0)
+
     width = n_in + int(bias)
-    return _linear_in_params(features, make_state, width,
+    return _linear_in_params(basis, column_scale, make_state, width,
                              lambda s: s["n_inputs"] + int(bias), "n_inputs", n_out)
 
 
