@@ -93,6 +93,68 @@ def test_vmap_over_a_batch_of_problems_equals_the_loop():
         np.testing.assert_allclose(batched[i], want, rtol=1e-9, atol=1e-12)
 
 
+def _sweep_designs(seed: int, n_bad: int, dtype=np.float64):
+    """A capacity sweep as a solver sees it: 64 tall Legendre designs (n = 30, P = 12),
+    columns above each member's degree zeroed, ``n_bad`` of them rank-deficient (fewer
+    distinct points than live columns, as a bootstrap resample can be)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.0, 1.0, (64, 30))
+    x[:n_bad] = rng.choice(rng.uniform(-1.0, 1.0, 5), size=(n_bad, 30))  # 5 distinct points
+    degree = np.r_[np.full(n_bad, 11), rng.integers(0, 12, 64 - n_bad)]
+    X = np.polynomial.legendre.legvander(x, 11) * (np.arange(12) <= degree[:, None, None])
+    return X.astype(dtype), rng.standard_normal((64, 30)).astype(dtype)
+
+
+@pytest.mark.parametrize("n_bad", [0, 1, 7, 40])  # the four ways through the fallback
+def test_batched_least_squares_equals_pinv_for_every_member(n_bad):
+    """The QR path of a vmapped tall ``ridge=0`` sweep gives pinv(X) y for every member:
+    masked columns get exactly 0, rank-deficient members the SVD's min-norm answer,
+    whether none, a few, a quarter or most of the batch need the SVD."""
+    X, y = _sweep_designs(n_bad, n_bad)
+    w = np.asarray(jax.jit(jax.vmap(solve))(jnp.asarray(X), jnp.asarray(y)))
+    for i in range(64):
+        want = np.linalg.pinv(X[i], rcond=10 * 30 * np.finfo(np.float64).eps) @ y[i]
+        np.testing.assert_allclose(w[i], want, rtol=1e-8, atol=1e-10, err_msg=f"member {i}")
+        assert np.all(w[i][np.all(X[i] == 0, axis=0)] == 0.0)
+    jaxpr = str(jax.make_jaxpr(jax.vmap(solve))(jnp.asarray(X), jnp.asarray(y)))
+    assert "householder" in jaxpr or "geqrf" in jaxpr or "qr" in jaxpr
+
+
+def test_batched_least_squares_through_nested_vmaps_and_a_mask_in_the_middle():
+    """Two vmap levels (capacity x draws) reach the solver as one batch; a dead column
+    before a live one (linear model's masked inputs, bias last) is handled too."""
+    X, y = _sweep_designs(1, 3)
+    X[:, :, 3] = 0.0  # dead column in the middle of every member
+    nested = jax.jit(jax.vmap(jax.vmap(solve)))(jnp.asarray(X.reshape(8, 8, 30, 12)),
+                                                jnp.asarray(y.reshape(8, 8, 30)))
+    w = np.asarray(nested).reshape(64, 12)
+    for i in range(64):
+        np.testing.assert_allclose(w[i], np.linalg.pinv(X[i], rcond=1e-13) @ y[i],
+                                   rtol=1e-8, atol=1e-10)
+        assert w[i, 3] == 0.0
+    # unbatched targets broadcast against batched designs
+    shared = np.asarray(jax.vmap(solve, in_axes=(0, None))(jnp.asarray(X), jnp.asarray(y[0])))
+    np.testing.assert_allclose(shared[5], np.linalg.pinv(X[5], rcond=1e-13) @ y[0], rtol=1e-8,
+                               atol=1e-10)
+
+
+def test_float32_least_squares_agrees_with_the_svd_reference():
+    """In float32 the cutoff (rcond ~ 4e-5) truncates moderately conditioned members: the
+    QR path hands every one of them to the SVD, so it returns what the SVD returns."""
+    with jax.enable_x64(False):
+        X, y = _sweep_designs(2, 7, dtype=np.float32)
+        Xj, yj = jnp.asarray(X), jnp.asarray(y)
+        w = np.asarray(jax.jit(jax.vmap(solve))(Xj, yj))
+        rcond = 10 * 30 * np.finfo(np.float32).eps
+        ref = np.asarray(jax.vmap(lambda a, b: solve(a, b, ridge=0.0 * jnp.ones(())))(Xj, yj))
+    assert w.dtype == np.float32
+    for i in range(64):
+        s = np.linalg.svd(X[i].astype(np.float64), compute_uv=False)
+        if s[0] > 0 and np.any((s > 0) & (s < 0.3 * rcond * s[0])):  # clearly truncated
+            np.testing.assert_allclose(w[i], ref[i], rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(X[i] @ w[i], X[i] @ ref[i], rtol=1e-3, atol=1e-3)
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="ridge"):
         solve(jnp.ones((4, 2)), jnp.ones(4), ridge=-1.0)
