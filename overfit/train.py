@@ -191,6 +191,7 @@ class _Member(NamedTuple):
     stop: StopState
     diverged: Array  # evaluation at which the training loss was first non-finite, or -1
     diverged_loss: Array
+    grads: Params | None = None  # the next step's gradient, from the last evaluation
 
 
 def _batches(key: Array, n: int, batch_size: int) -> tuple[Array, Array]:
@@ -208,9 +209,18 @@ def _batches(key: Array, n: int, batch_size: int) -> tuple[Array, Array]:
 
 
 class _Trainer(NamedTuple):
-    """The per-member pieces of the loop, each written for ONE model."""
+    """The per-member pieces of the loop, each written for ONE model.
+
+    ``reuse``: full-batch training whose forward pass is the evaluation's (no
+    dropout, no input noise). Then each evaluation computes the training loss
+    together with its gradient, and the next epoch's first step takes that
+    gradient instead of running the same forward pass again: the history costs
+    one forward pass over the validation points per evaluation, not over both
+    splits. The numbers are those of the plain loop up to float round-off.
+    """
 
     config: _Config
+    reuse: bool = False
 
     def optimizer(self, hparams: Mapping[str, Array]) -> Transform:
         opt = self.config.optimizer
@@ -230,8 +240,22 @@ class _Trainer(NamedTuple):
             x = x + hparams["input_noise"] * jax.random.normal(k_noise, x.shape)
         grads = jax.grad(objective(self.config.model, self.config.loss))(
             params, state, x, y, k_drop, weight)
+        return self.update(params, opt_state, grads, hparams)
+
+    def update(self, params, opt_state, grads, hparams):
         updates, opt_state = self.optimizer(hparams).update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
+
+    def outputs_and_grads(self, params, state, data: Dataset) -> tuple[Array, Array, Params]:
+        """Train and validation outputs and the training gradient at ``params`` (``reuse``)."""
+        per_example = _per_example(self.config.loss)
+
+        def train_loss(p):
+            out = self.config.model.apply(p, state, data.x_train)
+            return jnp.mean(per_example(out, data.y_train)), out
+
+        (_, out), grads = jax.value_and_grad(train_loss, has_aux=True)(params)
+        return out, self.config.model.apply(params, state, data.x_val), grads
 
     def train_epoch(self, params, opt_state, state, key, data: Dataset, hparams):
         n, batch_size = data.x_train.shape[0], self.config.batch_size
@@ -265,12 +289,22 @@ class _Trainer(NamedTuple):
             return self.train_epoch(*carry, state, key_e, data, hparams)
 
         carry = (member.params, member.opt_state)
-        params, opt_state = one(0, carry) if every == 1 else jax.lax.fori_loop(0, every, one, carry)
-        # one forward pass over train and validation points together
-        n = data.x_train.shape[0]
-        out = self.config.model.apply(params, state, jnp.concatenate([data.x_train, data.x_val]))
-        tr = score_outputs(out[:n], data.y_train, self.config.loss, data.task)
-        va = score_outputs(out[n:], data.y_val, self.config.loss, data.task)
+        if self.reuse:
+            carry = self.update(*carry, member.grads, hparams)
+            if every > 1:
+                carry = jax.lax.fori_loop(1, every, one, carry)
+            params, opt_state = carry
+            out_tr, out_va, grads = self.outputs_and_grads(params, state, data)
+        else:
+            params, opt_state = (one(0, carry) if every == 1
+                                 else jax.lax.fori_loop(0, every, one, carry))
+            # one forward pass over train and validation points together
+            n = data.x_train.shape[0]
+            out = self.config.model.apply(params, state,
+                                          jnp.concatenate([data.x_train, data.x_val]))
+            out_tr, out_va, grads = out[:n], out[n:], None
+        tr = score_outputs(out_tr, data.y_train, self.config.loss, data.task)
+        va = score_outputs(out_va, data.y_val, self.config.loss, data.task)
         values = tuple(jnp.asarray(v, jnp.float32) for v in (tr[0], va[0], tr[1], va[1]))
         # a member whose training loss turns NaN or inf keeps its last finite
         # parameters and is flagged; the rest of the sweep trains on
@@ -280,7 +314,8 @@ class _Trainer(NamedTuple):
         diverged = jnp.where(hit, check, member.diverged)
         diverged_loss = jnp.where(hit, values[0], member.diverged_loss)
         if stopper is never():  # nothing else can stop: no copies of the best parameters
-            return _Member(params, opt_state, None, member.stop, diverged, diverged_loss), tuple(
+            return _Member(params, opt_state, None, member.stop, diverged, diverged_loss,
+                           grads), tuple(
                 jnp.where(frozen, jnp.nan, v) for v in values)
         stop = stopper.update(member.stop, check, _monitored(stopper.monitor, values),
                               _monitored(stopper.monitor.replace("val_", "train_"), values))
@@ -294,7 +329,7 @@ class _Trainer(NamedTuple):
             best = _select(stop.best_epoch == check, params, member.best_params)
         else:
             best, params = None, _select(done, member.params, params)
-        return _Member(params, opt_state, best, stop, diverged, diverged_loss), tuple(
+        return _Member(params, opt_state, best, stop, diverged, diverged_loss, grads), tuple(
             jnp.where(done | frozen, jnp.nan, v) for v in values)
 
     def finish(self, member: _Member, state: State, last: Array, data: Dataset) -> tuple:
@@ -311,6 +346,25 @@ class _Trainer(NamedTuple):
         return (params, (best + 1) * every - 1, (stop + 1) * every - 1,
                 *self.measure(params, state, data.x_test, data.y_test, data.task),
                 diverged, member.diverged_loss)
+
+
+def _shares_forward(config: _Config, data: Dataset, hparams: Mapping[str, Array]) -> bool:
+    """Whether a training step's forward pass is the evaluation's (see ``_Trainer``)."""
+    n = data.x_train.shape[-2]
+    if "input_noise" in hparams or (config.batch_size is not None and config.batch_size < n):
+        return False
+    return _deterministic(config.model, data.x_train.shape[-2:], data.x_train.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _deterministic(model: Model, x_shape: tuple[int, ...], x_dtype: Any) -> bool:
+    """Whether ``model.apply`` in training mode traces to the evaluation-mode program."""
+    params, state = jax.eval_shape(model.init, jax.random.key(0))
+    args = (params, state, jax.ShapeDtypeStruct(x_shape, x_dtype),
+            jax.eval_shape(lambda: jax.random.key(0)))
+    train = jax.make_jaxpr(lambda p, s, x, k: model.apply(p, s, x, key=k, train=True))(*args)
+    evaluate = jax.make_jaxpr(lambda p, s, x, k: model.apply(p, s, x))(*args)
+    return str(train) == str(evaluate)
 
 
 def _select(pred: Array, on_true: Any, on_false: Any) -> Any:
@@ -500,9 +554,9 @@ def _fit(key: Array, data: Dataset, hparams: Mapping[str, Any], *, config: _Conf
     # every carried buffer (history included) for every member at every epoch;
     # here only a stopped member's parameters are masked, and the loop ends as
     # soon as every member has stopped.
-    trainer = _Trainer(config)
     single = config.axes is None
     data_axis, hp_axes = (None, ()) if single else config.axes
+    trainer = _Trainer(config, _shares_forward(config, data, hparams))
     hp_axes = {k: 0 if single else a for k, a in hp_axes} or {k: None for k in hparams}
     keys = key[None] if single else key
     k_init, k_train = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
@@ -513,6 +567,10 @@ def _fit(key: Array, data: Dataset, hparams: Mapping[str, Any], *, config: _Conf
         hp_axes = {**hp_axes, "key": 0}
     members, state = jax.vmap(trainer.init, in_axes=(0, hp_axes))(k_init, hparams)
     axes = (0, data_axis, hp_axes)
+    if trainer.reuse:
+        grads = jax.vmap(lambda m, s, d: trainer.outputs_and_grads(m.params, s, d)[2],
+                         in_axes=(0, 0, data_axis))(members, state, data)
+        members = members._replace(grads=grads)
     epoch_fn = jax.vmap(trainer.epoch, in_axes=(0, 0, None, *axes))
     n_members, checks = keys.shape[0], config.epochs // config.eval_every
     nan = jnp.full((n_members, checks), jnp.nan, jnp.float32)

@@ -385,3 +385,37 @@ def test_weak_and_strong_typed_hparams_share_one_compile():
         fit(model, data, key=keys, epochs=2, hparams={"drop_rate": strong})
         fit(model, data, key=keys, epochs=2, hparams={"drop_rate": host})
     assert first >= 1 and clock.compiles == first
+
+
+def test_full_batch_evaluation_reuses_the_step_forward_pass(monkeypatch):
+    """A deterministic full-batch fit takes each evaluation's training gradient for the
+    next step instead of a second forward pass; it returns what the plain loop returns
+    (float32 round-off), early stopping and restore_best included. Dropout, input noise
+    and minibatches keep the plain loop (their training forward pass is not the
+    evaluation's)."""
+    import overfit.train as train
+
+    data = _sine(3, n_train=30, n_val=15, n_test=10)
+    config = lambda model, batch=None: train._Config(  # noqa: E731
+        model, "mse", optax.adam(1e-2), 10, batch, NEVER, 1, None)
+    assert train._shares_forward(config(mlp(1, (8,))), data, {})
+    assert train._shares_forward(config(polynomial(4)), data, {})
+    assert train._shares_forward(config(mlp(1, (8,)), batch=30), data, {})
+    assert not train._shares_forward(config(mlp(1, (8,), drop_rate=0.1)), data, {})
+    assert not train._shares_forward(config(mlp(1, (8,))), data, {"input_noise": 0.1})
+    assert not train._shares_forward(config(mlp(1, (8,)), batch=16), data, {})
+
+    keys = jax.random.split(jax.random.key(5), 4)
+    kw = dict(optimizer=optax.adam(3e-2), epochs=60, eval_every=3,
+              early_stopping=patience(patience=2), hparams={"width": jnp.array([2, 4, 8, 8])})
+    model = mlp(1, (8, 8))
+    shared = fit(model, data, key=keys, **kw)
+    monkeypatch.setattr(train, "_shares_forward", lambda *a: False)
+    train._member_program.cache_clear()
+    plain = fit(model, data, key=keys, **kw)
+    np.testing.assert_array_equal(shared.stop_epoch, plain.stop_epoch)
+    np.testing.assert_array_equal(shared.best_epoch, plain.best_epoch)
+    assert (shared.stop_epoch < 59).any()  # the rule did stop someone
+    _assert_tree_close(shared.history, plain.history, rtol=1e-5, atol=1e-7)
+    _assert_tree_close(shared.params, plain.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(shared.test_loss, plain.test_loss, rtol=1e-5)
