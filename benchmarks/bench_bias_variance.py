@@ -10,7 +10,8 @@ noisy targets, ``ddof=0``).
 1. overfit: ONE jitted function (float64) for all 15 x 200 = 3000 members:
    bootstrap indices vmapped over keys, ``fit_linear`` of the masked
    ``polynomial(15)`` (one batched SVD; the degree is a per-member state), the
-   test predictions ``(15, 200, n_test)``, then ``decompose.squared`` per degree.
+   test predictions ``(15, 200, n_test)``, then ``decompose.squared`` per degree;
+   compiled with ``overfit.sweep.closed_form_options()`` as ``map_members`` is.
 2. mlxtend: ``bias_variance_decomp(make_pipeline(PolynomialFeatures(d),
    LinearRegression()), ..., loss="mse", num_rounds=200)`` for d = 1..15.
 
@@ -19,7 +20,7 @@ compiled function, the fastest of ``--repeat``; mlxtend's fastest sweep) and as
 a whole Python process (``--only TOOL`` in a subprocess; wall time including
 interpreter start, imports and, for overfit, compilation). The two tools draw
 different bootstrap samples, so their numbers agree only up to Monte-Carlo
-error; they are compared on the well-conditioned degrees 1..8. Run::
+error; they are compared on the well-conditioned degrees 1..4. Run::
 
     python benchmarks/bench_bias_variance.py             # full comparison
     python benchmarks/bench_bias_variance.py --only overfit   # one tool, JSON out
@@ -30,6 +31,7 @@ See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -69,6 +71,7 @@ def run_overfit(repeat: int, seed: int, replicates: int = 0) -> dict:
     from overfit.data import bootstrap_indices
     from overfit.models import polynomial
     from overfit.solve import fit_linear
+    from overfit.sweep import closed_form_options
 
     t_import = time.perf_counter() - t_import
     x, y, x_test, y_test = make_data(seed)
@@ -76,7 +79,7 @@ def run_overfit(repeat: int, seed: int, replicates: int = 0) -> dict:
     with jax.enable_x64(True):
         model = polynomial(MAX_DEGREE)
 
-        @jax.jit
+        @functools.partial(jax.jit, compiler_options=closed_form_options())
         def sweep(key, x, y, x_test, y_test):
             keys = jax.random.split(key, MAX_DEGREE * ROUNDS)
             degrees = jnp.repeat(jnp.arange(1, MAX_DEGREE + 1), ROUNDS)

@@ -34,7 +34,7 @@ import re
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,14 +188,16 @@ class _HostMembers:
 @functools.lru_cache(maxsize=64)
 def _compiled(body: Program, devices: tuple) -> Callable:
     """``jit(body)``, or ``jit(shard_map(body))`` over a "members" mesh of ``devices``."""
+    options = dict(getattr(body, "options", ())) or None
     if len(devices) == 1:
-        return jax.jit(body)
+        return jax.jit(body, compiler_options=options)
     mesh = jax.sharding.Mesh(np.array(devices), ("members",))
     spec = jax.sharding.PartitionSpec
     # members never talk to one another (no collectives), so the check that loop
     # carries vary alike over the mesh axis has nothing to protect: off
     return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(spec("members"), spec()),
-                                 out_specs=spec("members"), check_vma=False))
+                                 out_specs=spec("members"), check_vma=False),
+                   compiler_options=options)
 
 
 def _is_oom(error: Exception) -> bool:
@@ -334,6 +336,7 @@ def run_chunks(
     progress: bool | None = None,
     process: tuple[int, int] | None = None,
     poll_s: float = 1.0,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """``program(members, shared)`` over the leading axis of ``members``, chunk by chunk.
 
@@ -364,6 +367,8 @@ def run_chunks(
             (checking every ``poll_s`` seconds), so every process returns the
             whole result. Inside :func:`storing`, a call without ``store``
             uses the block's next subfolder when it has more than one chunk.
+        compiler_options: XLA options for the compiled program (``jax.jit``'s
+            ``compiler_options``), e.g. :func:`overfit.sweep.closed_form_options`.
 
     Returns:
         The outputs of all ``M`` members, as host NumPy arrays.
@@ -374,7 +379,8 @@ def run_chunks(
     n = host.n
     if n < 1:
         raise ValueError("members must have a leading axis of at least one member.")
-    body = _FlatBody(program, host.treedef, tuple(host.impls))
+    body = _FlatBody(program, host.treedef, tuple(host.impls),
+                     tuple(sorted((compiler_options or {}).items())))
     out_tree, per_member = _traced(body, *_signature(host, shared))
     if chunk_size is None:
         chunk_size = chunk_size_for(per_member, _nbytes(shared), devices, n_members=n)
@@ -425,9 +431,9 @@ def run_chunks(
 class _FlatBody:
     """Hashable by value (program, tree, key types), so its compiled code is reused."""
 
-    def __init__(self, program: Program, treedef: Any, impls: tuple):
-        self.program, self.treedef, self.impls = program, treedef, impls
-        self._key = (program, treedef, tuple(str(i) for i in impls))
+    def __init__(self, program: Program, treedef: Any, impls: tuple, options: tuple = ()):
+        self.program, self.treedef, self.impls, self.options = program, treedef, impls, options
+        self._key = (program, treedef, tuple(str(i) for i in impls), options)
 
     def __hash__(self) -> int:
         return hash(self._key)

@@ -157,6 +157,21 @@ def test_progress_bar_counts_models(capsys):
     assert "6/6" in capsys.readouterr().err
 
 
+def test_compiler_options_reach_xla():
+    """The options are XLA's own: a known one gives the same numbers, an unknown one is
+    XLA's error, so they are not dropped on the way."""
+    from overfit.sweep import closed_form_options
+
+    assert closed_form_options(jax.devices("cpu")) == {"xla_backend_optimization_level": 0}
+    want = chunks.run_chunks(_square_plus, _members(5), shared=jnp.float32(2))
+    got = chunks.run_chunks(_square_plus, _members(5), shared=jnp.float32(2),
+                            compiler_options=closed_form_options())
+    _assert_same(got, want)
+    with pytest.raises(Exception, match="no_such_xla_option"):
+        chunks.run_chunks(_square_plus, _members(5), shared=jnp.float32(2),
+                          compiler_options={"no_such_xla_option": 1})
+
+
 def test_empty_members_and_several_processes_without_store_are_errors():
     with pytest.raises(ValueError, match="at least one member"):
         chunks.run_chunks(_square_plus, _members(0), shared=jnp.float32(0))
