@@ -11,7 +11,7 @@ noisy targets, ``ddof=0``).
    bootstrap indices vmapped over keys, ``fit_linear`` of the masked
    ``polynomial(15)`` (one batched SVD; the degree is a per-member state), the
    test predictions ``(15, 200, n_test)``, then ``decompose.squared`` per degree;
-   compiled with ``overfit.sweep.closed_form_options()`` as ``map_members`` is.
+   compiled with ``overfit.sweep.fast_compile_options()`` (LLVM optimisation off).
 2. mlxtend: ``bias_variance_decomp(make_pipeline(PolynomialFeatures(d),
    LinearRegression()), ..., loss="mse", num_rounds=200)`` for d = 1..15.
 
@@ -71,7 +71,7 @@ def run_overfit(repeat: int, seed: int, replicates: int = 0) -> dict:
     from overfit.data import bootstrap_indices
     from overfit.models import polynomial
     from overfit.solve import fit_linear
-    from overfit.sweep import closed_form_options
+    from overfit.sweep import fast_compile_options
 
     t_import = time.perf_counter() - t_import
     x, y, x_test, y_test = make_data(seed)
@@ -79,7 +79,7 @@ def run_overfit(repeat: int, seed: int, replicates: int = 0) -> dict:
     with jax.enable_x64(True):
         model = polynomial(MAX_DEGREE)
 
-        @functools.partial(jax.jit, compiler_options=closed_form_options())
+        @functools.partial(jax.jit, compiler_options=fast_compile_options())
         def sweep(key, x, y, x_test, y_test):
             keys = jax.random.split(key, MAX_DEGREE * ROUNDS)
             degrees = jnp.repeat(jnp.arange(1, MAX_DEGREE + 1), ROUNDS)

@@ -33,7 +33,7 @@ from overfit.early_stopping import EarlyStopping, StopState, never, patience, pr
 from overfit.idx import load_mnist_arrays, mnist, read_idx
 from overfit.models import Model, dropout, legendre, linear, mlp, polynomial, random_features
 from overfit.solve import fit_linear, solve
-from overfit.sweep import closed_form_options, grid, map_members, take, unflatten
+from overfit.sweep import fast_compile_options, grid, map_members, take, unflatten
 from overfit.train import FitResult, History, evaluate, fit, objective
 
 __version__ = "0.1.0"
@@ -45,7 +45,7 @@ __all__ = [
     "load_mnist_arrays", "mnist", "read_idx",
     "EarlyStopping", "StopState", "never", "patience", "prechelt",
     "Model", "dropout", "legendre", "linear", "mlp", "polynomial", "random_features",
-    "fit_linear", "solve", "grid", "closed_form_options", "map_members", "take", "unflatten",
+    "fit_linear", "solve", "grid", "fast_compile_options", "map_members", "take", "unflatten",
     "run_chunks", "storing", "CompileClock",
     "History", "FitResult", "evaluate", "fit", "objective",
     "decompose", "theory", "Term",

@@ -368,7 +368,7 @@ def run_chunks(
             whole result. Inside :func:`storing`, a call without ``store``
             uses the block's next subfolder when it has more than one chunk.
         compiler_options: XLA options for the compiled program (``jax.jit``'s
-            ``compiler_options``), e.g. :func:`overfit.sweep.closed_form_options`.
+            ``compiler_options``), e.g. :func:`overfit.sweep.fast_compile_options`.
 
     Returns:
         The outputs of all ``M`` members, as host NumPy arrays.

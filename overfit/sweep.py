@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -60,7 +60,8 @@ def take(tree: Any, index: Any) -> Any:
 
 def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | None = None,
                 devices: Sequence[Any] | None = None, store: str | os.PathLike | None = None,
-                progress: bool | None = None) -> Any:
+                progress: bool | None = None,
+                compiler_options: Mapping[str, Any] | None = None) -> Any:
     """``f(member, shared)`` over the leading axis of ``members``, ``batch_size`` at a time.
 
     One compiled program, ``jit(vmap(f))``, with ``shared`` (e.g. the data
@@ -78,32 +79,32 @@ def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | N
     calls from several host devices hang in scipy's OpenBLAS (reproduced with
     a batched float64 SVD, with and without thread limits).
 
-    On a CPU the program is compiled with :func:`closed_form_options`.
+    ``compiler_options`` go to ``jax.jit`` (e.g. :func:`fast_compile_options`).
 
     The calls run with the BLAS thread pools (scipy's OpenBLAS, which XLA's
     CPU LAPACK kernels call) held to one thread: on a 2-core machine its
     threads fought XLA's own for the cores, and a batched SVD that takes 1.4 s
     took 2 to 40 s. XLA still runs the members of a batch in parallel.
     """
-    devices = jax.local_devices()[:1] if devices is None else devices
     with threadpool_limits(limits=1, user_api="blas"):
         return run_chunks(_vmapped(f), members, shared=shared,
                           chunk_size=jax.tree.leaves(members)[0].shape[0]
                           if batch_size is None else batch_size,
                           devices=devices, store=store, progress=progress,
-                          compiler_options=closed_form_options(devices))
+                          compiler_options=compiler_options)
 
 
-def closed_form_options(devices: Sequence[Any] | None = None) -> dict[str, Any]:
-    """XLA options for closed-form sweep programs: on CPUs, no LLVM backend optimisation.
+def fast_compile_options(devices: Sequence[Any] | None = None) -> dict[str, Any]:
+    """XLA options that trade run time for compile time on CPUs (no LLVM optimisation).
 
-    Such a program spends its run time in LAPACK (SVD, QR), which XLA calls
-    precompiled, while optimising the code around it (random draws, features,
-    gathers) costs more compile time than it saves: on 2 cores the
-    bias-variance benchmark compiles in 1.5 s instead of 2.2 s and runs in
-    55 ms instead of 35 ms, and closed-form scenarios run 1.6-9 s faster from
-    a cold cache. Empty (XLA's defaults) on accelerators. Pass it to
-    ``jax.jit(..., compiler_options=...)`` for a hand-written sweep.
+    For a small closed-form sweep run once, whose time goes to LAPACK (called
+    precompiled) and to compiling the code around it: the polynomial
+    bias-variance benchmark (3000 members of 30 x 16) compiles in 1.4 s
+    instead of 2.3 s and runs in 53 ms instead of 35 ms. Not for sweeps with
+    real work outside LAPACK: the double-descent benchmark (random ReLU
+    features up to 1000 wide) took 43 s with it and 27 s without. Empty (XLA's
+    defaults) on accelerators. Use as ``jax.jit(f, compiler_options=...)`` or
+    ``map_members(..., compiler_options=...)``.
     """
     devices = jax.local_devices()[:1] if devices is None else devices
     if all(d.platform == "cpu" for d in devices):

@@ -359,7 +359,10 @@ def _shares_forward(config: _Config, data: Dataset, hparams: Mapping[str, Array]
 @functools.lru_cache(maxsize=64)
 def _deterministic(model: Model, x_shape: tuple[int, ...], x_dtype: Any) -> bool:
     """Whether ``model.apply`` in training mode traces to the evaluation-mode program."""
-    params, state = jax.eval_shape(model.init, jax.random.key(0))
+    try:
+        params, state = jax.eval_shape(model.init, jax.random.key(0))
+    except TypeError:  # a user model whose init needs hparams: not known, so the plain loop
+        return False
     args = (params, state, jax.ShapeDtypeStruct(x_shape, x_dtype),
             jax.eval_shape(lambda: jax.random.key(0)))
     train = jax.make_jaxpr(lambda p, s, x, k: model.apply(p, s, x, key=k, train=True))(*args)
@@ -430,8 +433,10 @@ def fit(
         early_stopping: a rule from :mod:`overfit.early_stopping`, or None.
             It is checked at every evaluation, so ``patience`` counts evaluations.
         eval_every: epochs between evaluations of the train / validation loss
-            and metric (one forward pass over both splits, about half to one
-            full-batch training step); must divide ``epochs``.
+            and metric; must divide ``epochs``. An evaluation costs a forward
+            pass over the validation split when the fit is full-batch without
+            dropout or input noise (the training loss and the next step's
+            gradient come from one pass), over both splits otherwise.
         chunk_size: with ``M`` members, at most how many train per compiled
             call; None sizes chunks from a memory estimate (half the free
             device memory, and on a CPU twice its cache; see

@@ -160,12 +160,12 @@ def test_progress_bar_counts_models(capsys):
 def test_compiler_options_reach_xla():
     """The options are XLA's own: a known one gives the same numbers, an unknown one is
     XLA's error, so they are not dropped on the way."""
-    from overfit.sweep import closed_form_options
+    from overfit.sweep import fast_compile_options
 
-    assert closed_form_options(jax.devices("cpu")) == {"xla_backend_optimization_level": 0}
+    assert fast_compile_options(jax.devices("cpu")) == {"xla_backend_optimization_level": 0}
     want = chunks.run_chunks(_square_plus, _members(5), shared=jnp.float32(2))
     got = chunks.run_chunks(_square_plus, _members(5), shared=jnp.float32(2),
-                            compiler_options=closed_form_options())
+                            compiler_options=fast_compile_options())
     _assert_same(got, want)
     with pytest.raises(Exception, match="no_such_xla_option"):
         chunks.run_chunks(_square_plus, _members(5), shared=jnp.float32(2),
