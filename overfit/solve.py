@@ -80,7 +80,8 @@ def _least_squares(rcond: float):
 
     A ``custom_vmap`` so that a vmapped sweep reaches :func:`_qr_batch` with all
     its members on one axis: under a plain vmap the SVD fallback would become a
-    ``select`` and run for every member.
+    ``select`` and run for every member. Differentiable: the JVP is the SVD
+    path's (``custom_vmap`` has no autodiff of its own).
     """
 
     @jax.custom_batching.custom_vmap
@@ -95,7 +96,18 @@ def _least_squares(rcond: float):
         out = many(phi.reshape(-1, *phi.shape[2:]), y.reshape(-1, *y.shape[2:]))
         return out.reshape(axis_size, batch, *out.shape[1:]), True
 
-    return many
+    @jax.custom_jvp
+    def least_squares(phi: Array, y: Array) -> Array:
+        return many(phi, y)
+
+    @least_squares.defjvp
+    def _jvp(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
+        # derivatives (and jacfwd's vmap) through the reference path: same function
+        reference = jax.vmap(_svd_solve, in_axes=(0, 0, None, None))
+        _, tangent = jax.jvp(lambda p, y: reference(p, y, 0.0, rcond), primals, tangents)
+        return least_squares(*primals), tangent
+
+    return least_squares
 
 
 def _qr_batch(phi: Array, y: Array, rcond: float) -> Array:
