@@ -52,7 +52,8 @@ def solve(phi: Array, y: Array, *, ridge: Array | float = 0.0, rcond: float | No
     if rcond is None:
         rcond = 10.0 * max(n, p) * float(jnp.finfo(phi.dtype).eps)
     y2 = y.reshape(n, -1)
-    if isinstance(ridge, (int, float)) and ridge == 0 and n >= p:
+    static = isinstance(ridge, (int, float)) and isinstance(rcond, (int, float))
+    if static and ridge == 0 and n >= p:  # a traced ridge or rcond takes the SVD
         w = _least_squares(float(rcond))(phi[None], y2[None])[0]
     else:
         w = _svd_solve(phi, y2, ridge, rcond)

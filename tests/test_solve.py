@@ -174,6 +174,13 @@ def test_least_squares_is_differentiable():
         np.testing.assert_allclose(g[i, 3, 2], fd, rtol=1e-6)
 
 
+def test_traced_rcond_takes_the_svd_path():
+    X, y = _problem(9, 30, 6)
+    X[:, 4] = X[:, 3] * (1 + 1e-9)  # condition ~1e9: cut at rcond 1e-6, kept at the default
+    w = jax.jit(lambda r: solve(jnp.asarray(X), jnp.asarray(y), rcond=r))(1e-6)
+    np.testing.assert_allclose(w, np.linalg.pinv(X, rcond=1e-6) @ y, rtol=1e-8, atol=1e-10)
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="ridge"):
         solve(jnp.ones((4, 2)), jnp.ones(4), ridge=-1.0)

@@ -404,6 +404,11 @@ def test_full_batch_evaluation_reuses_the_step_forward_pass(monkeypatch):
     assert not train._shares_forward(config(mlp(1, (8,), drop_rate=0.1)), data, {})
     assert not train._shares_forward(config(mlp(1, (8,))), data, {"input_noise": 0.1})
     assert not train._shares_forward(config(mlp(1, (8,)), batch=16), data, {})
+    # a model whose training mode differs only in an array constant is not fooled
+    base = linear(1)
+    odd = base._replace(apply=lambda p, s, x, key=None, train=False: base.apply(
+        p, s, x * (np.full((1,), 2.0, np.float32) if train else np.ones((1,), np.float32))))
+    assert not train._shares_forward(config(odd), data, {})
 
     keys = jax.random.split(jax.random.key(5), 4)
     kw = dict(optimizer=optax.adam(3e-2), epochs=60, eval_every=3,
