@@ -236,7 +236,7 @@ def _width(model: models.Model) -> int:
 
 def _solve_grid(model, data, hparams, keys, ridge, draw_index=None, *, x64: bool = True
                 ) -> Solved:
-    """Closed-form fits of every member, as batched SVDs (in float64 when ``x64``)."""
+    """Closed-form fits of every member, as batched solves (in float64 when ``x64``)."""
 
     def one(member, d):
         key, hp = member
