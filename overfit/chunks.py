@@ -186,9 +186,9 @@ class _HostMembers:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(body: Program, devices: tuple) -> Callable:
+def _compiled(body: _FlatBody, devices: tuple) -> Callable:
     """``jit(body)``, or ``jit(shard_map(body))`` over a "members" mesh of ``devices``."""
-    options = dict(getattr(body, "options", ())) or None
+    options = dict(body.options) or None
     if len(devices) == 1:
         return jax.jit(body, compiler_options=options)
     mesh = jax.sharding.Mesh(np.array(devices), ("members",))

@@ -75,6 +75,11 @@ def _svd_solve(phi: Array, y: Array, ridge: Array | float, rcond: float) -> Arra
     return vt.T @ (shrink[:, None] * (u.T @ y))
 
 
+def _svd_batch(phi: Array, y: Array, rcond: float) -> Array:
+    """:func:`_svd_solve` least squares of ``(B, n, P)`` designs and ``(B, n, k)`` targets."""
+    return jax.vmap(_svd_solve, in_axes=(0, 0, None, None))(phi, y, 0.0, rcond)
+
+
 @functools.lru_cache(maxsize=16)
 def _least_squares(rcond: float):
     """``(B, n, P), (B, n, k) -> (B, P, k)`` least squares, batched through any vmap.
@@ -104,8 +109,7 @@ def _least_squares(rcond: float):
     @least_squares.defjvp
     def _jvp(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
         # derivatives (and jacfwd's vmap) through the reference path: same function
-        reference = jax.vmap(_svd_solve, in_axes=(0, 0, None, None))
-        _, tangent = jax.jvp(lambda p, y: reference(p, y, 0.0, rcond), primals, tangents)
+        _, tangent = jax.jvp(lambda p, y: _svd_batch(p, y, rcond), primals, tangents)
         return least_squares(*primals), tangent
 
     return least_squares
@@ -138,14 +142,11 @@ def _qr_batch(phi: Array, y: Array, rcond: float) -> Array:
     bad = ~(cond * rcond < 1.0)  # NaN and inf (singular) included
     n_bad = jnp.sum(bad)
 
-    def svd(phi: Array, y: Array) -> Array:
-        return jax.vmap(_svd_solve, in_axes=(0, 0, None, None))(phi, y, 0.0, rcond)
-
     def some(size: int) -> Callable[[], Array]:
         def fix() -> Array:
             (idx,) = jnp.nonzero(bad, size=size, fill_value=0)
             keep = bad[idx][:, None, None]
-            return w.at[idx].set(jnp.where(keep, svd(phi[idx], y[idx]), w[idx]))
+            return w.at[idx].set(jnp.where(keep, _svd_batch(phi[idx], y[idx], rcond), w[idx]))
         return fix
 
     # the SVD runs on a gathered few when few are flagged (a rank-deficient resample),
@@ -153,7 +154,7 @@ def _qr_batch(phi: Array, y: Array, rcond: float) -> Array:
     sizes = sorted({max(1, b // 32), max(1, b // 4)})
     branch = jnp.where(n_bad == 0, 0, 1 + jnp.searchsorted(jnp.asarray(sizes), n_bad))
     w = lax.switch(branch, [lambda: w, *(some(k) for k in sizes),
-                            lambda: jnp.where(bad[:, None, None], svd(phi, y), w)])
+                            lambda: jnp.where(bad[:, None, None], _svd_batch(phi, y, rcond), w)])
     return jnp.where(dead[:, :, None], 0.0, w)  # the SVD leaves round-off there
 
 

@@ -149,14 +149,20 @@ def objective(model: Model, loss: str | Loss = "mse") -> Callable[..., Array]:
         (optionally ``weight``-ed) per-example loss, with dropout active when a
         ``key`` is given. Differentiate it with ``jax.grad``.
     """
+    with_outputs = _objective_and_outputs(model, loss)
+    return lambda *args, **kwargs: with_outputs(*args, **kwargs)[0]
+
+
+def _objective_and_outputs(model: Model, loss: str | Loss) -> Callable[..., tuple[Array, Array]]:
+    """:func:`objective` that also returns the model outputs it scored (for ``has_aux``)."""
     per_example = _per_example(loss)
 
     def f(params, state, x, y, key=None, weight=None):
         out = model.apply(params, state, x, key=key, train=key is not None)
         values = per_example(out, y)
         if weight is None:
-            return jnp.mean(values)
-        return jnp.sum(weight * values) / jnp.sum(weight)
+            return jnp.mean(values), out
+        return jnp.sum(weight * values) / jnp.sum(weight), out
 
     return f
 
@@ -248,13 +254,9 @@ class _Trainer(NamedTuple):
 
     def outputs_and_grads(self, params, state, data: Dataset) -> tuple[Array, Array, Params]:
         """Train and validation outputs and the training gradient at ``params`` (``reuse``)."""
-        per_example = _per_example(self.config.loss)
-
-        def train_loss(p):
-            out = self.config.model.apply(p, state, data.x_train)
-            return jnp.mean(per_example(out, data.y_train)), out
-
-        (_, out), grads = jax.value_and_grad(train_loss, has_aux=True)(params)
+        # the step's own objective, in evaluation mode (no key): its outputs are the evaluation's
+        grads, out = jax.grad(_objective_and_outputs(self.config.model, self.config.loss),
+                              has_aux=True)(params, state, data.x_train, data.y_train)
         return out, self.config.model.apply(params, state, data.x_val), grads
 
     def train_epoch(self, params, opt_state, state, key, data: Dataset, hparams):
