@@ -14,8 +14,14 @@ It prints the device, then
    steps in ONE ``fit`` call, once compiled, with ``eval_every`` = 2000, 100 and 1;
    achieved TFLOP/s (training arithmetic counted by hand: forward 2*64*(64 + 64*64 + 64)
    FLOP per step and model, backward twice that) next to the card's peak;
-3. time per model at M = 32, 1024, 8192 (``eval_every=100``): it should fall with M
+3. the same training hand-fused into Pallas (Triton) kernels (``fused_mlp.py``: one
+   program per model keeps its activations on chip) beside XLA's vmap + scan of the
+   same models: how far below XLA's unfused program the card gets, each variant first
+   checked against ``jax.grad`` + ``optax.adam`` at full float32 precision;
+4. time per model at M = 32, 1024, 8192 (``eval_every=100``): it should fall with M
    until the device is full.
+
+``--fused`` runs part 3 alone (~1 min).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_train.py", "tests/test_chunks.py", "tests/test_sweep.py",
-         "tests/test_solve.py", "tests/test_decompose.py", "tests/test_early_stopping.py"]
+         "tests/test_solve.py", "tests/test_decompose.py", "tests/test_early_stopping.py",
+         "tests/test_fused_mlp.py"]
 # dense peak TFLOP/s by device kind: (float32 on CUDA cores, TF32 on tensor cores)
 PEAKS = {"H100": (67.0, 495.0), "H200": (67.0, 495.0), "A100": (19.5, 156.0)}
 TARGET_S = 1.5
@@ -60,7 +67,7 @@ def run_tests(quick: bool) -> int:
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 
-def timed_fit(n_models: int, steps: int, eval_every: int, repeat: int = 2) -> tuple[float, float]:
+def timed_fit(n_models: int, steps: int, eval_every: int) -> tuple[float, float]:
     """(first call s, fastest later call s) of one fit of ``n_models`` MLPs."""
     import jax
     import optax
@@ -71,21 +78,68 @@ def timed_fit(n_models: int, steps: int, eval_every: int, repeat: int = 2) -> tu
                       noise=0.1)
     model, opt = mlp(1, HIDDEN, activation="tanh"), optax.adam(1e-2)
     keys = jax.random.split(jax.random.key(1), n_models)
+    return timed(lambda: fit(model, data, key=keys, optimizer=opt, epochs=steps,
+                             eval_every=eval_every))
+
+
+def timed(run) -> tuple[float, float]:
+    """(first call s, fastest of two later calls s) of ``run()``."""
+    import jax
 
     def once() -> float:
         start = time.perf_counter()
-        result = fit(model, data, key=keys, optimizer=opt, epochs=steps, eval_every=eval_every)
-        jax.block_until_ready(result)
+        jax.block_until_ready(run())
         return time.perf_counter() - start
 
     first = once()
-    return first, min(once() for _ in range(repeat))
+    return first, min(once() for _ in range(2))
+
+
+def fused_table(n_models: int, steps: int) -> None:
+    """Part 3: XLA's vmap + scan vs the hand-fused kernels, same models and data.
+
+    Off a GPU the kernels run in Pallas' interpret mode: a smoke test, not a timing.
+    """
+    import jax
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fused_mlp
+
+    with jax.default_matmul_precision("highest"):
+        try:
+            errors = fused_mlp.check()
+        except Exception as e:  # noqa: BLE001 - report and go on: device time is short
+            errors = {}
+            print(f"fused check FAILED: {type(e).__name__}: {str(e)[:400]}", flush=True)
+    print(f"\n## {n_models} MLPs x {steps} Adam steps: XLA vs hand-fused Pallas kernels")
+    print("| program | first call s | once compiled s | TFLOP/s | rel. error (params, loss) |")
+    print("|---|---:|---:|---:|---|")
+    x, y = fused_mlp.data(N_POINTS)
+    params = fused_mlp.init(jax.random.key(0), n_models, HIDDEN[0])
+    runs = {"XLA: vmap(value_and_grad) + optax.adam, scan":
+            lambda: fused_mlp.reference(params, x, y, steps=steps)}
+    interpret = jax.default_backend() != "gpu"
+    runs |= {f"fused {v}": (lambda v=v: fused_mlp.train(params, x, y, steps=steps, variant=v,
+                                                        interpret=interpret))
+             for v in fused_mlp.VARIANTS}
+    work = flops_per_step() * steps * n_models
+    for name, run in runs.items():
+        err = errors.get(name.removeprefix("fused "))
+        err_s = f"{err[0]:.1e}, {err[1]:.1e}" if err else ""
+        try:
+            first, steady = timed(run)
+        except Exception as e:  # noqa: BLE001
+            print(f"| {name} | FAILED: {type(e).__name__}: {str(e)[:300]} | | | |", flush=True)
+            continue
+        print(f"| {name} | {first:.2f} | {steady:.3f} | {work / steady / 1e12:.2f} | {err_s} |",
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--no-tests", action="store_true")
     p.add_argument("--quick", action="store_true", help="200 steps, M up to 1024")
+    p.add_argument("--fused", action="store_true", help="only the fused-kernel comparison")
     args = p.parse_args(argv)
 
     import jax
@@ -94,13 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     kind = getattr(device, "device_kind", device.platform)
     print(f"# gpu_check: {kind} ({device.platform}), {len(jax.devices())} device(s), "
           f"jax {jax.__version__}, python {sys.version.split()[0]}", flush=True)
+    steps = 200 if args.quick else 2000
+    big = 1024 if args.quick else 8192
+    # interpret mode off a GPU runs a Python-sized loop per program: keep the smoke run small
+    fused = (16, 10) if args.quick else (big, steps)
+    if args.fused:
+        fused_table(*fused)
+        return 0
     failed = 0
     if not args.no_tests:
         failed = run_tests(args.quick)
         print(f"tests: {'passed' if failed == 0 else 'FAILED'}", flush=True)
 
-    steps = 200 if args.quick else 2000
-    big = 1024 if args.quick else 8192
     print(f"\n## {big} MLPs 1-64-64-1 tanh, {N_POINTS} points, {steps} Adam steps, one fit call")
     print("| eval_every | first call s | once compiled s | TFLOP/s (training) | goal |")
     print("|---:|---:|---:|---:|---|")
@@ -115,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if peaks:
         print(f"peak of a {kind}: {peaks[0]:.0f} TFLOP/s float32, {peaks[1]:.0f} TF32 "
               "(tensor cores, dense)")
+
+    fused_table(*fused)
 
     print(f"\n## time per model, eval_every=100, {steps} steps")
     print("| models | once compiled s | ms per model |")
