@@ -228,3 +228,20 @@ def test_fit_inside_the_callers_jit_is_one_traced_program(sweep):
     model, data, keys, kw, whole = sweep
     traced = jax.jit(lambda k: fit(model, data, key=k, **kw))(keys)
     _assert_same(traced, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_chunks_target_the_cache_but_hold_at_least_the_minimum(monkeypatch):
+    """On a CPU the cache sets a target of whole chunks, never below CPU_MIN_CHUNK members."""
+    cpu = jax.devices("cpu")[:1]
+    monkeypatch.setattr(chunks, "device_memory", lambda d: 1 << 40)  # memory is no bound
+    monkeypatch.setattr(chunks, "cache_bytes", lambda: 64 << 20)
+    small = chunks.CPU_MIN_CHUNK
+    # a footprint the cache would fit 19 of: the floor wins, and 64 members run as 2 x 32
+    per = (64 << 20) // 19
+    assert chunks.chunk_size_for(per, 0, cpu) == small
+    assert chunks.chunk_size_for(per, 0, cpu, n_members=64) == -(-64 // round(64 / small))
+    # a footprint the cache fits 40 of: 100 members, round(100 / 40) = 2 chunks of 50
+    assert chunks.chunk_size_for((64 << 20) // 40, 0, cpu, n_members=100) == 50
+    # memory bounds the chunk below the floor: 10 members fit
+    monkeypatch.setattr(chunks, "device_memory", lambda d: 2 * 10 * per)
+    assert chunks.chunk_size_for(per, 0, cpu, n_members=64) == 10
