@@ -19,15 +19,18 @@ It prints the device, then
    same models: how far below XLA's unfused program the card gets, each variant first
    checked against ``jax.grad`` + ``optax.adam`` at full float32 precision;
 4. time per model at M = 32, 1024, 8192 (``eval_every=100``): it should fall with M
-   until the device is full.
+   until the device is full;
+5. the kernels of one training step as XLA compiled them (fusions, library calls such
+   as cuBLAS gemms, copies) in ``fit`` and in the vmap + scan reference.
 
-``--fused`` runs part 3 alone (~1 min).
+``--fused`` runs part 3 alone (~1 min), ``--hlo`` part 5 alone (compiles only).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -135,11 +138,79 @@ def fused_table(n_models: int, steps: int) -> None:
               flush=True)
 
 
+def _computations(hlo: str) -> dict[str, list[str]]:
+    """The instruction lines of each computation of an HLO module's text."""
+    comps: dict[str, list[str]] = {}
+    body: list[str] | None = None
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if head:
+            body = comps.setdefault(head.group(1), [])
+        elif line.startswith("}"):
+            body = None
+        elif body is not None:
+            body.append(line)
+    return comps
+
+
+def step_loops(hlo: str) -> list[tuple[int | None, dict[str, int]]]:
+    """(trip count or None, instruction counts) of every loop body of compiled HLO
+    text that does matrix work: each instruction there is a kernel a step launches."""
+    comps = _computations(hlo)
+    loops = []
+    for line in (ln for lines in comps.values() for ln in lines):
+        loop = re.search(r" while\(.*body=%?([\w.\-]+)", line)
+        if not loop:
+            continue
+        trip = re.search(r'known_trip_count":\{"n":"(\d+)"', line)
+        body = comps.get(loop.group(1), [])
+        ops = [m.group(1) for b in body if (m := re.search(r"= \S+ ([\w\-]+)\(", b))]
+        counts = {k: ops.count(k) for k in ("fusion", "custom-call", "dot", "copy")}
+        called = [c for b in body for c in re.findall(r"calls=%?([\w.\-]+)", b)]
+        text = "\n".join(body + [ln for c in called for ln in comps.get(c, [])])
+        if " dot(" in text or "gemm" in text:
+            loops.append((int(trip.group(1)) if trip else None, {"all": len(ops), **counts}))
+    return loops
+
+
+def hlo_table(n_models: int, steps: int) -> None:
+    """Part 5: what one step compiles to, in ``fit`` and in the reference."""
+    import jax
+    import optax
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fused_mlp
+
+    from overfit import fit, mlp, regression
+
+    data = regression(jax.random.key(0), target="sin", n_train=N_POINTS, n_val=N_POINTS,
+                      noise=0.1)
+    model, opt = mlp(1, HIDDEN, activation="tanh"), optax.adam(1e-2)
+    keys = jax.random.split(jax.random.key(1), n_models)
+    x, y = fused_mlp.data(N_POINTS)
+    params = fused_mlp.init(jax.random.key(0), n_models, HIDDEN[0])
+    programs = {
+        f"fit, eval_every={every}": jax.jit(lambda k, every=every: fit(
+            model, data, key=k, optimizer=opt, epochs=steps, eval_every=every)).lower(keys)
+        for every in (steps, 1)}
+    programs["XLA reference: vmap + scan"] = jax.jit(
+        lambda p: fused_mlp.reference(p, x, y, steps=steps)).lower(params)
+    print(f"\n## kernels per step loop as compiled ({n_models} models; a loop without a "
+          "trip count is the epoch loop)")
+    print("| program | loop trips | instructions | fusions | library calls | dots | copies |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, lowered in programs.items():
+        for trips, c in step_loops(lowered.compile().as_text()):
+            print(f"| {name} | {trips or '-'} | {c['all']} | {c['fusion']} | "
+                  f"{c['custom-call']} | {c['dot']} | {c['copy']} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--no-tests", action="store_true")
     p.add_argument("--quick", action="store_true", help="200 steps, M up to 1024")
     p.add_argument("--fused", action="store_true", help="only the fused-kernel comparison")
+    p.add_argument("--hlo", action="store_true", help="only the kernels of one step")
     args = p.parse_args(argv)
 
     import jax
@@ -152,8 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     big = 1024 if args.quick else 8192
     # interpret mode off a GPU runs a Python-sized loop per program: keep the smoke run small
     fused = (16, 10) if args.quick else (big, steps)
-    if args.fused:
-        fused_table(*fused)
+    if args.fused or args.hlo:
+        if args.fused:
+            fused_table(*fused)
+        if args.hlo:
+            hlo_table(big, steps)
         return 0
     failed = 0
     if not args.no_tests:
@@ -183,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in (32, 1024, big) if big > 1024 else (32, 1024):
         _, steady = timed_fit(n, steps, 100)
         print(f"| {n} | {steady:.3f} | {1e3 * steady / n:.3f} |", flush=True)
+    hlo_table(big, steps)
     return failed
 
 
