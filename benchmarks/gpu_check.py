@@ -153,9 +153,13 @@ def _computations(hlo: str) -> dict[str, list[str]]:
     return comps
 
 
+# instructions that move no data: no kernel runs for them
+_NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast"}
+
+
 def step_loops(hlo: str) -> list[tuple[int | None, dict[str, int]]]:
     """(trip count or None, instruction counts) of every loop body of compiled HLO
-    text that does matrix work: each instruction there is a kernel a step launches."""
+    text that does matrix work; ``"kernels"`` counts what runs as one on a GPU."""
     comps = _computations(hlo)
     loops = []
     for line in (ln for lines in comps.values() for ln in lines):
@@ -164,12 +168,14 @@ def step_loops(hlo: str) -> list[tuple[int | None, dict[str, int]]]:
             continue
         trip = re.search(r'known_trip_count":\{"n":"(\d+)"', line)
         body = comps.get(loop.group(1), [])
-        ops = [m.group(1) for b in body if (m := re.search(r"= \S+ ([\w\-]+)\(", b))]
+        # the opcode follows the result's shape, which may be a tuple: "= (f32[..], ..) fusion("
+        ops = [m.group(1) for b in body if (m := re.search(r"= .*?\s([a-z][\w\-]*)\(", b))]
         counts = {k: ops.count(k) for k in ("fusion", "custom-call", "dot", "copy")}
+        counts["kernels"] = sum(op not in _NOT_KERNELS for op in ops)
         called = [c for b in body for c in re.findall(r"calls=%?([\w.\-]+)", b)]
         text = "\n".join(body + [ln for c in called for ln in comps.get(c, [])])
         if " dot(" in text or "gemm" in text:
-            loops.append((int(trip.group(1)) if trip else None, {"all": len(ops), **counts}))
+            loops.append((int(trip.group(1)) if trip else None, counts))
     return loops
 
 
@@ -197,11 +203,11 @@ def hlo_table(n_models: int, steps: int) -> None:
         lambda p: fused_mlp.reference(p, x, y, steps=steps)).lower(params)
     print(f"\n## kernels per step loop as compiled ({n_models} models; a loop without a "
           "trip count is the epoch loop)")
-    print("| program | loop trips | instructions | fusions | library calls | dots | copies |")
+    print("| program | loop trips | kernels | fusions | library calls | dots | copies |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, lowered in programs.items():
         for trips, c in step_loops(lowered.compile().as_text()):
-            print(f"| {name} | {trips or '-'} | {c['all']} | {c['fusion']} | "
+            print(f"| {name} | {trips or '-'} | {c['kernels']} | {c['fusion']} | "
                   f"{c['custom-call']} | {c['dot']} | {c['copy']} |", flush=True)
 
 
