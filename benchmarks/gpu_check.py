@@ -153,8 +153,28 @@ def _computations(hlo: str) -> dict[str, list[str]]:
     return comps
 
 
-# instructions that move no data: no kernel runs for them
-_NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast"}
+# instructions that launch no kernel of their own (a nested loop is listed by itself)
+_NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while"}
+
+
+def _opcodes(name: str, comps: dict[str, list[str]], seen: tuple = ()) -> tuple[list, list]:
+    """(opcodes, text) of computation ``name``: a ``call`` (how XLA's GPU command buffers
+    wrap runs of kernels) is replaced by what it calls; a fusion's text includes its body."""
+    ops, text = [], []
+    for line in comps.get(name, []):
+        # the opcode follows the result's shape, which may be a tuple: "= (f32[..], ..) fusion("
+        op = re.search(r"= .*?\s([a-z][\w\-]*)\(", line)
+        if not op:
+            continue
+        target = re.search(r"to_apply=%?([\w.\-]+)", line)
+        if op.group(1) == "call" and target and target.group(1) not in seen:
+            inner_ops, inner_text = _opcodes(target.group(1), comps, (*seen, name))
+            ops, text = ops + inner_ops, text + inner_text
+            continue
+        ops.append(op.group(1))
+        text += [line, *(ln for c in re.findall(r"calls=%?([\w.\-]+)", line)
+                         for ln in comps.get(c, []))]
+    return ops, text
 
 
 def step_loops(hlo: str) -> list[tuple[int | None, dict[str, int]]]:
@@ -167,14 +187,10 @@ def step_loops(hlo: str) -> list[tuple[int | None, dict[str, int]]]:
         if not loop:
             continue
         trip = re.search(r'known_trip_count":\{"n":"(\d+)"', line)
-        body = comps.get(loop.group(1), [])
-        # the opcode follows the result's shape, which may be a tuple: "= (f32[..], ..) fusion("
-        ops = [m.group(1) for b in body if (m := re.search(r"= .*?\s([a-z][\w\-]*)\(", b))]
+        ops, text = _opcodes(loop.group(1), comps)
         counts = {k: ops.count(k) for k in ("fusion", "custom-call", "dot", "copy")}
         counts["kernels"] = sum(op not in _NOT_KERNELS for op in ops)
-        called = [c for b in body for c in re.findall(r"calls=%?([\w.\-]+)", b)]
-        text = "\n".join(body + [ln for c in called for ln in comps.get(c, [])])
-        if " dot(" in text or "gemm" in text:
+        if any(" dot(" in t or "gemm" in t for t in text):
             loops.append((int(trip.group(1)) if trip else None, counts))
     return loops
 
@@ -227,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
           f"jax {jax.__version__}, python {sys.version.split()[0]}", flush=True)
     steps = 200 if args.quick else 2000
     big = 1024 if args.quick else 8192
-    # interpret mode off a GPU runs a Python-sized loop per program: keep the smoke run small
-    fused = (16, 10) if args.quick else (big, steps)
+    # off a GPU the kernels run in interpret mode, a loop per program: a smoke run only
+    fused = (big, steps) if jax.default_backend() == "gpu" and not args.quick else (16, 10)
     if args.fused or args.hlo:
         if args.fused:
             fused_table(*fused)

@@ -31,3 +31,31 @@ def test_an_unknown_variant_is_refused_with_the_allowed_ones():
     with pytest.raises(ValueError, match=r"variant='fast'; allowed: \['grad', 'step', 'loop'\]"):
         fused_mlp.train(fused_mlp.init(fused_mlp.jax.random.key(0), 2), x, y, steps=1,
                         variant="fast")
+
+
+def test_the_kernel_gradient_is_autodiffs_for_every_model():
+    # Adam barely sees a gradient's scale, so the training check alone would pass a
+    # backward pass off by a constant factor: compare the gradients themselves
+    jax = fused_mlp.jax
+    x, y = fused_mlp.data()
+    params = fused_mlp.init(jax.random.key(1), 3)
+    want_loss, want = jax.vmap(jax.value_and_grad(fused_mlp.reference_loss),
+                               in_axes=(0, None, None))(params, x, y)
+    for loss, grads in (
+        jax.vmap(fused_mlp.loss_and_grads, in_axes=(None, None, 0))(x, y, params),
+        fused_mlp.kernel_grads(params, x, y, interpret=True),
+    ):
+        assert fused_mlp.jnp.allclose(loss.reshape(3), want_loss, rtol=1e-5)
+        for k in fused_mlp.NAMES:
+            assert grads[k].shape == want[k].shape
+            assert fused_mlp.jnp.allclose(grads[k], want[k], rtol=1e-4, atol=1e-7), k
+
+
+def test_block_sizes_triton_cannot_take_are_refused():
+    jax = fused_mlp.jax
+    x, y = fused_mlp.data(48)
+    with pytest.raises(ValueError, match=r"n \(points\)=48; allowed: a power of two >= 16"):
+        fused_mlp.train(fused_mlp.init(jax.random.key(0), 2), x, y, steps=1)
+    x, y = fused_mlp.data()
+    with pytest.raises(ValueError, match=r"hidden=8; allowed: a power of two >= 16"):
+        fused_mlp.train(fused_mlp.init(jax.random.key(0), 2, hidden=8), x, y, steps=1)

@@ -44,3 +44,28 @@ backend_config={"known_trip_count":{"n":"12"}}
 """
     assert gpu_check.step_loops(hlo) == [
         (12, {"fusion": 1, "custom-call": 0, "dot": 1, "copy": 0, "kernels": 2})]
+
+
+def test_step_loops_looks_inside_command_buffers():
+    # XLA's GPU command buffers wrap runs of kernels in a call: count what it calls
+    hlo = """\
+%command_buffer (a: f32[4,4]) -> f32[4,4] {
+  %a = f32[4,4]{1,0} parameter(0)
+  %g = (f32[4,4]{1,0}, s8[64]{0}) custom-call(%a, %a), custom_call_target="__cublas$gemm"
+  %e = f32[4,4]{1,0} get-tuple-element(%g), index=0
+  ROOT %f = f32[4,4]{1,0} fusion(%e), kind=kLoop, calls=%fused_tanh
+}
+
+%body (p: (s32[], f32[4,4])) -> (s32[], f32[4,4]) {
+  %p = (s32[], f32[4,4]{1,0}) parameter(0)
+  %c = f32[4,4]{1,0} call(%x), to_apply=%command_buffer
+  %inner = (s32[], f32[4,4]{1,0}) while(%p), condition=%cond, body=%other
+  ROOT %t = (s32[], f32[4,4]{1,0}) tuple(%i, %c)
+}
+
+ENTRY %main (a: f32[4,4]) -> f32[4,4] {
+  %w = (s32[], f32[4,4]{1,0}) while(%init), condition=%cond, body=%body
+}
+"""
+    assert gpu_check.step_loops(hlo) == [
+        (None, {"fusion": 1, "custom-call": 1, "dot": 0, "copy": 0, "kernels": 2})]
