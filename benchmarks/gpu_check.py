@@ -34,7 +34,10 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_train.py", "tests/test_chunks.py", "tests/test_sweep.py",
@@ -70,8 +73,8 @@ def run_tests(quick: bool) -> int:
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 
-def timed_fit(n_models: int, steps: int, eval_every: int) -> tuple[float, float]:
-    """(first call s, fastest later call s) of one fit of ``n_models`` MLPs."""
+def fit_call(n_models: int, steps: int, eval_every: int) -> tuple[Callable, Any]:
+    """``(train, keys)``: ``train(keys)`` is the target's ``fit`` of ``n_models`` MLPs."""
     import jax
     import optax
 
@@ -80,9 +83,28 @@ def timed_fit(n_models: int, steps: int, eval_every: int) -> tuple[float, float]
     data = regression(jax.random.key(0), target="sin", n_train=N_POINTS, n_val=N_POINTS,
                       noise=0.1)
     model, opt = mlp(1, HIDDEN, activation="tanh"), optax.adam(1e-2)
-    keys = jax.random.split(jax.random.key(1), n_models)
-    return timed(lambda: fit(model, data, key=keys, optimizer=opt, epochs=steps,
-                             eval_every=eval_every))
+
+    def train(keys):
+        return fit(model, data, key=keys, optimizer=opt, epochs=steps, eval_every=eval_every)
+
+    return train, jax.random.split(jax.random.key(1), n_models)
+
+
+def fused_models(n_models: int) -> tuple[ModuleType, Any, Any, Any]:
+    """``(fused_mlp, x, y, params)``: the fused experiment and its ``n_models`` MLPs."""
+    import jax
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import fused_mlp
+
+    x, y = fused_mlp.data(N_POINTS)
+    return fused_mlp, x, y, fused_mlp.init(jax.random.key(0), n_models, HIDDEN[0])
+
+
+def timed_fit(n_models: int, steps: int, eval_every: int) -> tuple[float, float]:
+    """(first call s, fastest later call s) of one fit of ``n_models`` MLPs."""
+    train, keys = fit_call(n_models, steps, eval_every)
+    return timed(lambda: train(keys))
 
 
 def timed(run) -> tuple[float, float]:
@@ -105,9 +127,7 @@ def fused_table(n_models: int, steps: int) -> None:
     """
     import jax
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import fused_mlp
-
+    fused_mlp, x, y, params = fused_models(n_models)
     with jax.default_matmul_precision("highest"):
         try:
             errors = fused_mlp.check()
@@ -117,8 +137,6 @@ def fused_table(n_models: int, steps: int) -> None:
     print(f"\n## {n_models} MLPs x {steps} Adam steps: XLA vs hand-fused Pallas kernels")
     print("| program | first call s | once compiled s | TFLOP/s | rel. error (params, loss) |")
     print("|---|---:|---:|---:|---|")
-    x, y = fused_mlp.data(N_POINTS)
-    params = fused_mlp.init(jax.random.key(0), n_models, HIDDEN[0])
     runs = {"XLA: vmap(value_and_grad) + optax.adam, scan":
             lambda: fused_mlp.reference(params, x, y, steps=steps)}
     interpret = jax.default_backend() != "gpu"
@@ -198,23 +216,12 @@ def step_loops(hlo: str) -> list[tuple[int | None, dict[str, int]]]:
 def hlo_table(n_models: int, steps: int) -> None:
     """Part 5: what one step compiles to, in ``fit`` and in the reference."""
     import jax
-    import optax
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import fused_mlp
-
-    from overfit import fit, mlp, regression
-
-    data = regression(jax.random.key(0), target="sin", n_train=N_POINTS, n_val=N_POINTS,
-                      noise=0.1)
-    model, opt = mlp(1, HIDDEN, activation="tanh"), optax.adam(1e-2)
-    keys = jax.random.split(jax.random.key(1), n_models)
-    x, y = fused_mlp.data(N_POINTS)
-    params = fused_mlp.init(jax.random.key(0), n_models, HIDDEN[0])
-    programs = {
-        f"fit, eval_every={every}": jax.jit(lambda k, every=every: fit(
-            model, data, key=k, optimizer=opt, epochs=steps, eval_every=every)).lower(keys)
-        for every in (steps, 1)}
+    programs = {}
+    for every in (steps, 1):
+        train, keys = fit_call(n_models, steps, every)
+        programs[f"fit, eval_every={every}"] = jax.jit(train).lower(keys)
+    fused_mlp, x, y, params = fused_models(n_models)
     programs["XLA reference: vmap + scan"] = jax.jit(
         lambda p: fused_mlp.reference(p, x, y, steps=steps)).lower(params)
     print(f"\n## kernels per step loop as compiled ({n_models} models; a loop without a "
