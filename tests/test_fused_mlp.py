@@ -6,6 +6,8 @@ Its kernels run in Pallas' interpret mode here; the GPU timing is benchmarks/gpu
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -29,14 +31,13 @@ def test_every_fused_variant_lowers_to_triton_for_cuda(variant):
 def test_an_unknown_variant_is_refused_with_the_allowed_ones():
     x, y = fused_mlp.data()
     with pytest.raises(ValueError, match=r"variant='fast'; allowed: \['grad', 'step', 'loop'\]"):
-        fused_mlp.train(fused_mlp.init(fused_mlp.jax.random.key(0), 2), x, y, steps=1,
+        fused_mlp.train(fused_mlp.init(jax.random.key(0), 2), x, y, steps=1,
                         variant="fast")
 
 
 def test_the_kernel_gradient_is_autodiffs_for_every_model():
     # Adam barely sees a gradient's scale, so the training check alone would pass a
     # backward pass off by a constant factor: compare the gradients themselves
-    jax = fused_mlp.jax
     x, y = fused_mlp.data()
     params = fused_mlp.init(jax.random.key(1), 3)
     want_loss, want = jax.vmap(jax.value_and_grad(fused_mlp.reference_loss),
@@ -45,14 +46,13 @@ def test_the_kernel_gradient_is_autodiffs_for_every_model():
         jax.vmap(fused_mlp.loss_and_grads, in_axes=(None, None, 0))(x, y, params),
         fused_mlp.kernel_grads(params, x, y, interpret=True),
     ):
-        assert fused_mlp.jnp.allclose(loss.reshape(3), want_loss, rtol=1e-5)
+        assert jnp.allclose(loss.reshape(3), want_loss, rtol=1e-5)
         for k in fused_mlp.NAMES:
             assert grads[k].shape == want[k].shape
-            assert fused_mlp.jnp.allclose(grads[k], want[k], rtol=1e-4, atol=1e-7), k
+            assert jnp.allclose(grads[k], want[k], rtol=1e-4, atol=1e-7), k
 
 
 def test_block_sizes_triton_cannot_take_are_refused():
-    jax = fused_mlp.jax
     x, y = fused_mlp.data(48)
     with pytest.raises(ValueError, match=r"n \(points\)=48; allowed: a power of two >= 16"):
         fused_mlp.train(fused_mlp.init(jax.random.key(0), 2), x, y, steps=1)
