@@ -11,7 +11,9 @@ It prints the device, then
 1. ``pytest`` on the tests that exercise the compiled paths (training loop, chunks,
    sharding, solvers, bias-variance), on whatever device JAX picked;
 2. the issue's target: 8192 MLPs 1-64-64-1 (tanh), 64 points, 2000 full-batch Adam
-   steps in ONE ``fit`` call, once compiled, with ``eval_every`` = 2000, 100 and 1;
+   steps in ONE ``fit`` call, once compiled, with ``eval_every`` = 2000, 100 and 1,
+   each with the gradient by overfit's fused kernel (``overfit/kernels.py``, the
+   default for such MLPs) and by autodiff (``model._replace(mse_grad=None)``);
    achieved TFLOP/s (training arithmetic counted by hand: forward 2*64*(64 + 64*64 + 64)
    FLOP per step and model, backward twice that) next to the card's peak;
 3. the same training hand-fused into Pallas (Triton) kernels (``fused_mlp.py``: one
@@ -23,7 +25,8 @@ It prints the device, then
 5. the kernels of one training step as XLA compiled them (fusions, library calls such
    as cuBLAS gemms, copies) in ``fit`` and in the vmap + scan reference.
 
-``--fused`` runs part 3 alone (~1 min), ``--hlo`` part 5 alone (compiles only).
+``--kernel`` runs part 2 alone (~1 min), ``--fused`` part 3 (~1 min), ``--hlo`` part 5
+(compiles only).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_train.py", "tests/test_chunks.py", "tests/test_sweep.py",
          "tests/test_solve.py", "tests/test_decompose.py", "tests/test_early_stopping.py",
-         "tests/test_fused_mlp.py"]
+         "tests/test_kernels.py", "tests/test_fused_mlp.py"]
 # dense peak TFLOP/s by device kind: (float32 on CUDA cores, TF32 on tensor cores)
 PEAKS = {"H100": (67.0, 495.0), "H200": (67.0, 495.0), "A100": (19.5, 156.0)}
 TARGET_S = 1.5
@@ -73,8 +76,10 @@ def run_tests(quick: bool) -> int:
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 
-def fit_call(n_models: int, steps: int, eval_every: int) -> tuple[Callable, Any]:
-    """``(train, keys)``: ``train(keys)`` is the target's ``fit`` of ``n_models`` MLPs."""
+def fit_call(n_models: int, steps: int, eval_every: int,
+             kernel: bool = True) -> tuple[Callable, Any]:
+    """``(train, keys)``: ``train(keys)`` is the target's ``fit`` of ``n_models`` MLPs,
+    their gradient by overfit's fused kernel (``kernel``) or by autodiff."""
     import jax
     import optax
 
@@ -83,9 +88,11 @@ def fit_call(n_models: int, steps: int, eval_every: int) -> tuple[Callable, Any]
     data = regression(jax.random.key(0), target="sin", n_train=N_POINTS, n_val=N_POINTS,
                       noise=0.1)
     model, opt = mlp(1, HIDDEN, activation="tanh"), optax.adam(1e-2)
+    model = model if kernel else model._replace(mse_grad=None)
 
     def train(keys):
-        return fit(model, data, key=keys, optimizer=opt, epochs=steps, eval_every=eval_every)
+        return fit(model, data, key=keys, optimizer=opt, epochs=steps, eval_every=eval_every,
+                   progress=False)
 
     return train, jax.random.split(jax.random.key(1), n_models)
 
@@ -105,6 +112,33 @@ def timed_fit(n_models: int, steps: int, eval_every: int) -> tuple[float, float]
     """(first call s, fastest later call s) of one fit of ``n_models`` MLPs."""
     train, keys = fit_call(n_models, steps, eval_every)
     return timed(lambda: train(keys))
+
+
+def kernel_table(n_models: int, steps: int, quick: bool) -> None:
+    """Part 2: the target's ``fit``, gradient by the fused kernel and by autodiff, with
+    the largest difference of their final training losses (default precision)."""
+    import jax
+    import numpy as np
+
+    print(f"\n## {n_models} MLPs 1-64-64-1 tanh, {N_POINTS} points, {steps} Adam steps, "
+          "one fit call")
+    print("| eval_every | gradient | first call s | once compiled s | TFLOP/s (training) | goal |")
+    print("|---:|---|---:|---:|---:|---|")
+    work = flops_per_step() * steps * n_models
+    for every in (steps, 100, 1):
+        losses = {}
+        for kernel in (True, False):
+            train, keys = fit_call(n_models, steps, every, kernel)
+            first, steady = timed(lambda: train(keys))  # noqa: B023 - called at once
+            losses[kernel] = np.asarray(train(keys).history.train_loss[:, -1])
+            goal = (f"< {TARGET_S} s: {'met' if steady < TARGET_S else 'NOT met'}"
+                    if every == steps and not quick else "")
+            print(f"| {every} | {'fused kernel' if kernel else 'autodiff'} | {first:.2f} | "
+                  f"{steady:.3f} | {work / steady / 1e12:.2f} | {goal} |", flush=True)
+        diff = np.abs(losses[True] - losses[False]) / np.abs(losses[False])
+        print(f"final training loss, kernel vs autodiff: median relative difference "
+              f"{np.median(diff):.1e}, largest {diff.max():.1e} ({jax.default_backend()})",
+              flush=True)
 
 
 def timed(run) -> tuple[float, float]:
@@ -208,7 +242,7 @@ def step_loops(hlo: str) -> list[tuple[int | None, dict[str, int]]]:
         ops, text = _opcodes(loop.group(1), comps)
         counts = {k: ops.count(k) for k in ("fusion", "custom-call", "dot", "copy")}
         counts["kernels"] = sum(op not in _NOT_KERNELS for op in ops)
-        if any(" dot(" in t or "gemm" in t for t in text):
+        if any(" dot(" in t or "gemm" in t or "triton" in t for t in text):
             loops.append((int(trip.group(1)) if trip else None, counts))
     return loops
 
@@ -240,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="200 steps, M up to 1024")
     p.add_argument("--fused", action="store_true", help="only the fused-kernel comparison")
     p.add_argument("--hlo", action="store_true", help="only the kernels of one step")
+    p.add_argument("--kernel", action="store_true",
+                   help="only the target's fit with and without the fused kernel")
     args = p.parse_args(argv)
 
     import jax
@@ -252,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     big = 1024 if args.quick else 8192
     # off a GPU the kernels run in interpret mode, a loop per program: a smoke run only
     fused = (big, steps) if jax.default_backend() == "gpu" and not args.quick else (16, 10)
-    if args.fused or args.hlo:
+    if args.fused or args.hlo or args.kernel:
+        if args.kernel:
+            kernel_table(big, steps, args.quick)
         if args.fused:
             fused_table(*fused)
         if args.hlo:
@@ -263,16 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = run_tests(args.quick)
         print(f"tests: {'passed' if failed == 0 else 'FAILED'}", flush=True)
 
-    print(f"\n## {big} MLPs 1-64-64-1 tanh, {N_POINTS} points, {steps} Adam steps, one fit call")
-    print("| eval_every | first call s | once compiled s | TFLOP/s (training) | goal |")
-    print("|---:|---:|---:|---:|---|")
-    work = flops_per_step() * steps * big
-    for every in (steps, 100, 1):
-        first, steady = timed_fit(big, steps, every)
-        goal = (f"< {TARGET_S} s: {'met' if steady < TARGET_S else 'NOT met'}"
-                if every == steps and not args.quick else "")
-        print(f"| {every} | {first:.2f} | {steady:.3f} | {work / steady / 1e12:.2f} | {goal} |",
-              flush=True)
+    kernel_table(big, steps, args.quick)
     peaks = peak(kind)
     if peaks:
         print(f"peak of a {kind}: {peaks[0]:.0f} TFLOP/s float32, {peaks[1]:.0f} TF32 "

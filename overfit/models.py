@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from overfit._checks import check_choice, check_int, check_range
+from overfit.kernels import SLOPES, kernel_widths, mlp_mse_grad
 
 Params = Any
 State = dict[str, Array]
@@ -52,6 +53,12 @@ class Model(NamedTuple):
         capacity: name of the capacity knob in ``init``/``state`` (or None).
         n_out: number of outputs.
         hparams: names of every keyword ``init`` accepts (capacity included).
+        mse_grad: for deterministic one-output models with a hand-fused GPU
+            kernel (:func:`mlp`), ``mse_grad(params, state, x, y) -> (grads,
+            out)``: the gradient of ``mean(0.5 * (apply(x) - y)^2)`` and the
+            outputs ``(n,)``, as ``jax.grad(..., has_aux=True)`` gives them.
+            Full-batch square-loss training uses it; None otherwise, and
+            ``model._replace(mse_grad=None)`` trains by autodiff everywhere.
     """
 
     init: Callable[..., tuple[Params, State]]
@@ -61,6 +68,7 @@ class Model(NamedTuple):
     capacity: str | None
     n_out: int
     hparams: tuple[str, ...] = ()
+    mse_grad: Callable[..., tuple[Params, Array]] | None = None
 
 
 def _squeeze(out: Array, n_out: int) -> Array:
@@ -291,14 +299,16 @@ def mlp(
         }
         return params, state
 
+    def unit_masks(state: State) -> list[Array]:
+        return [jnp.arange(h) < state["width"] for h in hidden]
+
     def apply(params: Params, state: State, x: Array, *, key=None, train=False) -> Array:
         if train and key is None:
             raise ValueError("key is required when train=True (dropout draws a mask).")
         drop = train and stochastic
         keys = jax.random.split(key, len(hidden) + 1) if drop else [None] * (len(hidden) + 1)
         h = dropout(x, state["input_drop_rate"], key=keys[0]) if drop else x
-        for i, layer in enumerate(params[:-1]):
-            live = jnp.arange(hidden[i]) < state["width"]
+        for i, (layer, live) in enumerate(zip(params[:-1], unit_masks(state))):
             h = act(h @ layer["w"] + layer["b"]) * live
             if drop:
                 h = dropout(h, state["drop_rate"], key=keys[i + 1])
@@ -309,7 +319,11 @@ def mlp(
         return sum(m * n + n for m, n in zip(live[:-1], live[1:]))
 
     knobs = ("width", "drop_rate", "input_drop_rate")
-    return Model(init, apply, n_params, None, "width" if hidden else None, n_out, knobs)
+    mse_grad = None
+    if n_out == 1 and not stochastic and activation in SLOPES and kernel_widths(hidden):
+        mse_grad = mlp_mse_grad(apply, unit_masks, hidden, act, activation)
+    return Model(init, apply, n_params, None, "width" if hidden else None, n_out, knobs,
+                 mse_grad)
 
 
 def dropout(x: Array, drop_rate: Array | float, *, key: Array) -> Array:

@@ -30,33 +30,13 @@ from overfit._checks import check_choice, check_int, check_range, is_concrete
 from overfit.chunks import run_chunks
 from overfit.data import Dataset
 from overfit.early_stopping import EarlyStopping, StopState, never
+from overfit.losses import LOSSES, Loss
 from overfit.models import Model, Params, State
 
-Loss = Callable[[Array, Array], Array]
 Transform = optax.GradientTransformation
 Optimizer = Transform | Callable[[Mapping[str, Array]], Transform]
 TRAIN_HPARAMS = ("input_noise",)  # knobs the training step itself reads from ``hparams``
 DEFAULT_OPTIMIZER = optax.adam(1e-2)  # one object, so default fits share compiled code
-
-
-def _half_squared(out: Array, y: Array) -> Array:
-    # the 1/2 makes the gradient the residual, so GD with an L2 transform of
-    # strength lambda converges to the ridge solution with the same lambda
-    return 0.5 * (out - y) ** 2
-
-
-def _half_squared_one_hot(out: Array, y: Array) -> Array:
-    # square loss for classification (Hui & Belkin 2021): its interpolation
-    # threshold sits at n_train x n_classes parameters, as in Belkin et al. (2019)
-    return 0.5 * jnp.sum((out - jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)) ** 2, -1)
-
-
-LOSSES: dict[str, Loss] = {
-    "mse": _half_squared,
-    "bce": lambda out, y: optax.sigmoid_binary_cross_entropy(out, y.astype(out.dtype)),
-    "ce": optax.softmax_cross_entropy_with_integer_labels,
-    "mse_onehot": _half_squared_one_hot,
-}
 
 
 class History(NamedTuple):
@@ -228,6 +208,19 @@ class _Trainer(NamedTuple):
     config: _Config
     reuse: bool = False
 
+    def gradient(self, params, state, x, y, key=None, weight=None) -> tuple[Params, Array]:
+        """``(grads, out)``: the objective's gradient and the outputs it scored.
+
+        Full-batch square-loss training of a model with a fused kernel
+        (``Model.mse_grad``) takes the kernel: ``reuse`` guarantees that no key
+        or weight changes the objective there.
+        """
+        model, loss = self.config.model, self.config.loss
+        if self.reuse and loss == "mse" and model.mse_grad is not None:
+            return model.mse_grad(params, state, x, y)
+        return jax.grad(_objective_and_outputs(model, loss), has_aux=True)(
+            params, state, x, y, key, weight)
+
     def optimizer(self, hparams: Mapping[str, Array]) -> Transform:
         opt = self.config.optimizer
         return opt if isinstance(opt, Transform) else opt(hparams)
@@ -244,8 +237,7 @@ class _Trainer(NamedTuple):
         k_drop, k_noise = jax.random.split(key)
         if "input_noise" in hparams:
             x = x + hparams["input_noise"] * jax.random.normal(k_noise, x.shape)
-        grads = jax.grad(objective(self.config.model, self.config.loss))(
-            params, state, x, y, k_drop, weight)
+        grads = self.gradient(params, state, x, y, k_drop, weight)[0]
         return self.update(params, opt_state, grads, hparams)
 
     def update(self, params, opt_state, grads, hparams):
@@ -255,8 +247,7 @@ class _Trainer(NamedTuple):
     def outputs_and_grads(self, params, state, data: Dataset) -> tuple[Array, Array, Params]:
         """Train and validation outputs and the training gradient at ``params`` (``reuse``)."""
         # the step's own objective, in evaluation mode (no key): its outputs are the evaluation's
-        grads, out = jax.grad(_objective_and_outputs(self.config.model, self.config.loss),
-                              has_aux=True)(params, state, data.x_train, data.y_train)
+        grads, out = self.gradient(params, state, data.x_train, data.y_train)
         return out, self.config.model.apply(params, state, data.x_val), grads
 
     def train_epoch(self, params, opt_state, state, key, data: Dataset, hparams):

@@ -1,0 +1,139 @@
+"""The fused MLP gradient kernel (overfit/kernels.py) computes autodiff's numbers.
+
+Off a GPU the kernel runs in Pallas' interpreter; on a GPU (benchmarks/gpu_check.py
+runs this file there) the same tests run the compiled Triton kernel.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from overfit import mlp, polynomial, regression
+from overfit.kernels import MAX_INPUTS, mlp_mse_grad
+from overfit.models import ACTIVATIONS
+from overfit.train import fit
+
+ON_GPU = jax.default_backend() == "gpu"
+
+
+def kernel_model(n_in, hidden, activation="tanh"):
+    """An MLP whose ``mse_grad`` is the kernel on this backend (interpreted off a GPU)."""
+    model = mlp(n_in, hidden, activation=activation)
+    masks = lambda state: [jnp.arange(h) < state["width"] for h in hidden]  # noqa: E731
+    grad = mlp_mse_grad(model.apply, masks, hidden, ACTIVATIONS[activation], activation,
+                        interpret=not ON_GPU)
+    return model._replace(mse_grad=grad)
+
+
+def autodiff(model, params, state, x, y):
+    def loss(p):
+        out = model.apply(p, state, x)
+        return jnp.mean(0.5 * (out - y) ** 2), out
+
+    return jax.grad(loss, has_aux=True)(params)
+
+
+def relative(got, want):
+    return max(jax.tree.leaves(jax.tree.map(
+        lambda a, b: float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30)), got, want)))
+
+
+@pytest.mark.parametrize("n_in, hidden, activation, n, width", [
+    (1, (64, 64), "tanh", 64, None),  # the GPU target's model
+    (3, (16, 32), "relu", 10, 20),  # points padded to 16, units masked to 20
+    (2, (32,), "sigmoid", 33, None),  # points padded to 64
+    (1, (16, 16, 16), "linear", 5, None),
+])
+def test_the_kernel_gradient_and_outputs_are_autodiffs_for_every_member(
+        n_in, hidden, activation, n, width):
+    model = kernel_model(n_in, hidden, activation)
+    kw = {} if width is None else {"width": width}
+    params, state = jax.vmap(lambda k: model.init(k, **kw))(jax.random.split(jax.random.key(0), 3))
+    x = jax.random.normal(jax.random.key(1), (n, n_in))
+    y = jnp.sin(x[:, 0])
+    with jax.default_matmul_precision("highest"):
+        want, want_out = jax.vmap(lambda p, s: autodiff(model, p, s, x, y))(params, state)
+        got, out = jax.vmap(lambda p, s: model.mse_grad(p, s, x, y))(params, state)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+    # a doubled or transposed block would be off by O(1)
+    assert relative(got, want) < 1e-5
+    assert relative(out, want_out) < 1e-5
+    if width is not None:  # masked units get no gradient
+        assert jnp.all(got[1]["w"][:, :, width:] == 0) and jnp.all(got[0]["b"][:, width:] == 0)
+
+
+def test_fit_with_the_kernel_trains_as_fit_by_autodiff():
+    # a width sweep on 20 points (padded to 32): same parameters, history and stopping
+    model = kernel_model(1, (64, 64))
+    data = regression(jax.random.key(0), target="sin", n_train=20, n_val=20, noise=0.1)
+    kwargs = dict(data=data, key=jax.random.split(jax.random.key(1), 3),
+                  optimizer=optax.adam(1e-2), epochs=60, eval_every=20,
+                  hparams={"width": jnp.array([16, 40, 64])})
+    with jax.default_matmul_precision("highest"):
+        got = fit(model, **kwargs)
+        want = fit(model._replace(mse_grad=None), **kwargs)
+    assert relative(got.params, want.params) < 1e-4
+    assert relative(got.history.train_loss, want.history.train_loss) < 1e-4
+    assert relative(got.test_loss, want.test_loss) < 1e-4
+    # the members trained: the comparison is not of two initialisations
+    assert jnp.all(got.history.train_loss[:, -1] < 0.9 * got.history.train_loss[:, 0])
+
+
+def _triton_calls(model, n_train=64, **fit_kwargs):
+    data = regression(jax.random.key(0), target="sin", n_train=n_train, n_val=8, noise=0.1)
+    keys = jax.random.split(jax.random.key(1), 4)
+    text = jax.jit(lambda k: fit(model, data, key=k, epochs=4, **fit_kwargs)).trace(
+        keys).lower(lowering_platforms=("cuda",)).as_text()
+    return text.count("__gpu$xla.gpu.triton")
+
+
+def test_fit_of_an_mlp_lowers_its_gradient_to_triton_kernels_for_cuda():
+    model = mlp(1, (64, 64))
+    # first gradient, the step loop's, and each evaluation's
+    assert _triton_calls(model, eval_every=2) == 3
+    assert _triton_calls(model._replace(mse_grad=None), eval_every=2) == 0
+    # minibatches, input noise and other losses take autodiff
+    assert _triton_calls(model, batch_size=16) == 0
+    assert _triton_calls(model, hparams={"input_noise": 0.1}) == 0
+
+
+def test_points_or_inputs_beyond_the_chip_take_autodiff():
+    assert _triton_calls(mlp(1, (64, 64)), n_train=65) == 0  # 128 x 128 units > MAX_ON_CHIP
+    assert _triton_calls(mlp(1, (32,)), n_train=200) > 0
+    big = MAX_INPUTS + 1
+    model = mlp(big, (16,))
+    x = jnp.ones((8, big))
+    params, state = model.init(jax.random.key(0))
+    text = jax.jit(lambda p: model.mse_grad(p, state, x, x[:, 0])).trace(params).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert "__gpu$xla.gpu.triton" not in text
+
+
+@pytest.mark.skipif(ON_GPU, reason="off a GPU fit must compile to exactly autodiff's program")
+def test_off_a_gpu_fit_gives_autodiffs_numbers_bit_for_bit():
+    model = mlp(1, (32, 32))
+    data = regression(jax.random.key(0), target="sin", n_train=16, n_val=8, noise=0.1)
+    kwargs = dict(data=data, key=jax.random.split(jax.random.key(1), 2), epochs=20)
+    got, want = fit(model, **kwargs), fit(model._replace(mse_grad=None), **kwargs)
+    assert all(jnp.array_equal(a, b) for a, b in zip(jax.tree.leaves(got.params),
+                                                      jax.tree.leaves(want.params)))
+
+
+def test_only_deterministic_one_output_mlps_with_kernel_widths_get_a_kernel():
+    assert mlp(1, (64, 64)).mse_grad is not None
+    assert mlp(1, (64,), activation="relu").mse_grad is not None
+    assert mlp(1, (64, 64), drop_rate=0.1).mse_grad is None  # dropout draws masks
+    assert mlp(1, (64, 64), activation="gelu").mse_grad is None
+    assert mlp(1, (48, 64)).mse_grad is None  # Triton blocks are powers of two
+    assert mlp(1, (8,)).mse_grad is None  # and dots need 16 or more
+    assert mlp(2, (64,), n_out=3).mse_grad is None
+    assert polynomial(5).mse_grad is None
+
+
+def test_the_kernel_factory_refuses_what_it_cannot_hold_by_name():
+    with pytest.raises(ValueError, match=r"hidden=\(48,\), activation='tanh'; allowed"):
+        mlp_mse_grad(lambda *a: None, lambda s: [], (48,), jnp.tanh, "tanh")
+    with pytest.raises(ValueError, match=r"activation='gelu'; allowed: .*'tanh'"):
+        mlp_mse_grad(lambda *a: None, lambda s: [], (64,), jax.nn.gelu, "gelu")
