@@ -17,7 +17,9 @@ program per model keeps a model's activations on chip:
 Off a GPU the kernels run in Pallas' interpret mode (slow, for checking only):
 ``python benchmarks/fused_mlp.py --check`` compares every variant with
 ``jax.grad`` + ``optax.adam`` and confirms each lowers to Triton for CUDA.
-``benchmarks/gpu_check.py`` times them on a GPU.
+``benchmarks/gpu_check.py --fused`` times them on a GPU. On an H100: XLA 2.30 s, ``grad``
+1.34 s, ``step`` 1.97 s, ``loop`` 30 s; ``grad`` became ``overfit/kernels.py``, which
+``fit`` uses for such MLPs.
 """
 
 from __future__ import annotations
