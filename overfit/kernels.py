@@ -15,6 +15,7 @@ autodiff: the numbers are the same up to float round-off either way.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -88,7 +89,8 @@ def mlp_mse_grad(
     def grad(params, state, x, y):
         n, d = x.shape
         floats = all(a.dtype == jnp.float32 for a in jax.tree.leaves((params, x)))
-        if d > MAX_INPUTS or _padded(n) * sum(hidden) > MAX_ON_CHIP or not floats:
+        if (d > MAX_INPUTS or _padded(n) * sum(hidden) > MAX_ON_CHIP or not floats
+                or _pallas_triton() is None):
             return autodiff(params, state, x, y)
         if interpret:
             return fused(params, state, x, y)
@@ -97,15 +99,26 @@ def mlp_mse_grad(
     return grad
 
 
+@functools.cache
+def _pallas_triton() -> tuple[Any, Any] | None:
+    """``(pallas, Triton's compiler parameters)``, or None where this JAX has no Pallas
+    Triton backend (deprecated from jax 0.11 on): then every backend takes autodiff."""
+    try:
+        from jax.experimental import pallas as pl
+        from jax.experimental.pallas import triton as plt
+
+        return pl, plt.CompilerParams
+    except (ImportError, AttributeError):
+        return None
+
+
 def _padded(n: int) -> int:
     """Points as Triton holds them: a power of two >= 16."""
     return max(16, 1 << (n - 1).bit_length())
 
 
 def _fused(params, masks: list[Array], x: Array, y: Array, act, slope, interpret: bool):
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plt
-
+    pl, compiler_params = _pallas_triton()
     n, d = x.shape
     pad = _padded(n) - n
     x = jnp.pad(x, ((0, pad), (0, 0)))
@@ -135,7 +148,7 @@ def _fused(params, masks: list[Array], x: Array, y: Array, act, slope, interpret
         kernel,
         out_shape=(jax.ShapeDtypeStruct((n + pad, 1), jnp.float32),
                    jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), grads_shape)),
-        compiler_params=plt.CompilerParams(num_warps=4, num_stages=1),
+        compiler_params=compiler_params(num_warps=4, num_stages=1),
         interpret=interpret,
     )(inputs)
     firsts = jnp.concatenate(g["rows"], axis=0)

@@ -4,12 +4,14 @@ Off a GPU the kernel runs in Pallas' interpreter; on a GPU (benchmarks/gpu_check
 runs this file there) the same tests run the compiled Triton kernel.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
 
-from overfit import mlp, polynomial, regression
+from overfit import kernels, mlp, polynomial, regression
 from overfit.kernels import MAX_INPUTS, mlp_mse_grad
 from overfit.models import ACTIVATIONS
 from overfit.train import fit
@@ -64,10 +66,14 @@ def test_the_kernel_gradient_and_outputs_are_autodiffs_for_every_member(
         assert jnp.all(got[1]["w"][:, :, width:] == 0) and jnp.all(got[0]["b"][:, width:] == 0)
 
 
-def test_fit_with_the_kernel_trains_as_fit_by_autodiff():
-    # a width sweep on 20 points (padded to 32): same parameters, history and stopping
+@pytest.mark.parametrize("per_member_data", [False, True])
+def test_fit_with_the_kernel_trains_as_fit_by_autodiff(per_member_data):
+    # a width sweep on 20 points (padded to 32), on one data set or a training set per
+    # member (the kernel's grid then reads each member's points)
     model = kernel_model(1, (64, 64))
-    data = regression(jax.random.key(0), target="sin", n_train=20, n_val=20, noise=0.1)
+    draw = functools.partial(regression, target="sin", n_train=20, n_val=20, noise=0.1)
+    data = (jax.vmap(draw)(jax.random.split(jax.random.key(0), 3)) if per_member_data
+            else draw(jax.random.key(0)))
     kwargs = dict(data=data, key=jax.random.split(jax.random.key(1), 3),
                   optimizer=optax.adam(1e-2), epochs=60, eval_every=20,
                   hparams={"width": jnp.array([16, 40, 64])})
@@ -109,6 +115,11 @@ def test_points_or_inputs_beyond_the_chip_take_autodiff():
     text = jax.jit(lambda p: model.mse_grad(p, state, x, x[:, 0])).trace(params).lower(
         lowering_platforms=("cuda",)).as_text()
     assert "__gpu$xla.gpu.triton" not in text
+
+
+def test_a_jax_without_pallas_triton_takes_autodiff(monkeypatch):
+    monkeypatch.setattr(kernels, "_pallas_triton", lambda: None)
+    assert _triton_calls(mlp(1, (64, 64))) == 0
 
 
 @pytest.mark.skipif(ON_GPU, reason="off a GPU fit must compile to exactly autodiff's program")
