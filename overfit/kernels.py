@@ -32,11 +32,20 @@ SLOPES: dict[str, Callable[[Array], Array]] = {
     "relu": lambda h: (h > 0).astype(h.dtype),
     "linear": jnp.ones_like,
 }
-# inputs enter as one column-times-row product each: Triton's dots need 16 or more
-MAX_INPUTS = 16
-# padded points x the sum of hidden widths held on chip: 64 x (64 + 64), the measured
-# case, compiles without register spills at 4 warps (255 registers a thread at most)
-MAX_ON_CHIP = 64 * 128
+
+
+def fits_on_chip(n_points: int, n_in: int, hidden: Sequence[int]) -> bool:
+    """Whether one model's kernel keeps its tiles in registers (sm_90a, 4 warps).
+
+    The envelope of a ptxas sweep (``benchmarks/kernel_registers.py``): inside it no
+    shape checked spilled registers (one 8-byte spill), just outside it most did.
+    Points are padded to a power of two >= 16; each input is one column-times-row
+    product, kept live for the backward pass.
+    """
+    n, widest = _padded(n_points), max(hidden)
+    if n > 128 or widest > 64 or n * widest > 4096 or n * sum(hidden) > 8192:
+        return False
+    return n_in == 1 or (n_in <= 4 and n <= 64 and n * widest <= 2048)
 
 
 def kernel_widths(hidden: Sequence[int]) -> bool:
@@ -67,9 +76,9 @@ def mlp_mse_grad(
     Returns:
         ``f(params, state, x, y) -> (grads, out)`` for ONE model, as
         ``jax.grad(..., has_aux=True)`` of ``mean(0.5 * (apply(x) - y)^2)`` returns
-        them: ``x`` is ``(n, d)``, ``y`` and ``out`` are ``(n,)``. Inputs wider than
-        :data:`MAX_INPUTS`, more points than fit on chip (:data:`MAX_ON_CHIP`) or
-        anything but float32 take autodiff on every backend.
+        them: ``x`` is ``(n, d)``, ``y`` and ``out`` are ``(n,)``.
+        Shapes outside :func:`fits_on_chip` and anything but float32 take autodiff on
+        every backend.
     """
     if not kernel_widths(hidden) or activation not in SLOPES:
         raise ValueError(f"no kernel for hidden={tuple(hidden)}, activation={activation!r}; "
@@ -89,8 +98,7 @@ def mlp_mse_grad(
     def grad(params, state, x, y):
         n, d = x.shape
         floats = all(a.dtype == jnp.float32 for a in jax.tree.leaves((params, x)))
-        if (d > MAX_INPUTS or _padded(n) * sum(hidden) > MAX_ON_CHIP or not floats
-                or _pallas_triton() is None):
+        if not fits_on_chip(n, d, hidden) or not floats or _pallas_triton() is None:
             return autodiff(params, state, x, y)
         if interpret:
             return fused(params, state, x, y)
