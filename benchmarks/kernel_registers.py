@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from overfit import kernels, mlp
+from overfit.activations import SLOPES
 
 # (points, inputs, hidden widths): both sides of fits_on_chip's boundary
 SHAPES = [
@@ -84,7 +85,7 @@ def registers(ir: str, ptxas: str | None) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ptxas", help="the ptxas to use (default: the one Triton ships)")
-    p.add_argument("--activation", default="tanh", choices=sorted(kernels.SLOPES))
+    p.add_argument("--activation", default="tanh", choices=sorted(SLOPES))
     args = p.parse_args(argv)
     print("| points | inputs | hidden | fits_on_chip | registers | spill stores (B) |")
     print("|---:|---:|---|---|---:|---:|")

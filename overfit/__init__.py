@@ -3,11 +3,12 @@
 The flat public API. Submodules, one job each: ``data`` (samplers with the
 truth kept), ``models`` (``(init, apply)`` pairs of varying capacity), ``solve``
 (closed-form fits), ``train`` (the fused training loop), ``losses`` (per-example
-losses by name), ``kernels`` (an MLP's gradient as one GPU kernel per model), ``early_stopping``,
-``sweep`` (grids), ``chunks`` (members in memory-sized chunks across devices,
-stored for resume), ``clock`` (compile time), ``decompose`` (bias-variance
-terms), ``theory`` (analytic risk curves), ``display`` (plots), ``scenario``
-(TOML runs), ``idx`` (MNIST's IDX files from a local folder).
+losses by name), ``activations`` (by name, with their slopes), ``kernels`` (an
+MLP's gradient as one GPU kernel per model), ``early_stopping``, ``sweep``
+(grids), ``chunks`` (members in memory-sized chunks across devices, stored for
+resume), ``clock`` (compile time), ``decompose`` (bias-variance terms),
+``theory`` (analytic risk curves), ``display`` (plots), ``scenario`` (TOML
+runs), ``idx`` (MNIST's IDX files from a local folder).
 """
 
 from overfit import decompose, theory

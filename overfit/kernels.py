@@ -5,12 +5,14 @@ kernels whose ``(M, n, H)`` activations and ``(M, H, H)`` gradients pass
 through GPU memory. :func:`mlp_mse_grad` computes the same gradient in ONE
 Triton program per model that keeps a model's activations on chip and writes
 only its gradient and outputs; ``vmap`` over members becomes the kernel's grid.
-On an H100, 2000 full-batch Adam steps of 8192 MLPs 1-64-64-1 on 64 points
-took 1.34 s this way against 2.30 s for XLA's vmap + scan of ``jax.grad``
-(``benchmarks/fused_mlp.py``, ``benchmarks/gpu_check.py``).
+On an H100, ``fit`` of 8192 MLPs 1-64-64-1 on 64 points, 2000 full-batch Adam
+steps, took 1.51-1.54 s this way against 2.59 s by autodiff
+(``benchmarks/gpu_check.py --kernel``).
 
 Off a GPU, and where a model does not fit on chip, the function is plain
-autodiff: the numbers are the same up to float round-off either way.
+autodiff. On a GPU the two differ by float round-off: at full float32
+precision (``jax.default_matmul_precision("highest")``) to ~1e-7 a step; at
+the default TF32 precision of both, long trainings of sensitive members part.
 """
 
 from __future__ import annotations
@@ -23,24 +25,20 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from overfit.activations import ACTIVATIONS, SLOPES
 from overfit.losses import half_squared
 
-# derivative of each activation from its output h = act(z): the kernel keeps only h
-SLOPES: dict[str, Callable[[Array], Array]] = {
-    "tanh": lambda h: 1.0 - h * h,
-    "sigmoid": lambda h: h * (1.0 - h),
-    "relu": lambda h: (h > 0).astype(h.dtype),
-    "linear": jnp.ones_like,
-}
-
+Params = Any
+Grad = Callable[[Params, Any, Array, Array], tuple[Params, Array]]
 
 def fits_on_chip(n_points: int, n_in: int, hidden: Sequence[int]) -> bool:
-    """Whether one model's kernel keeps its tiles in registers (sm_90a, 4 warps).
+    """Whether one model's kernel keeps its tiles in registers (4 warps).
 
-    The envelope of a ptxas sweep (``benchmarks/kernel_registers.py``): inside it no
-    shape checked spilled registers (one 8-byte spill), just outside it most did.
-    Points are padded to a power of two >= 16; each input is one column-times-row
-    product, kept live for the backward pass.
+    The envelope of a ptxas sweep for the H100 (sm_90a; ``benchmarks/kernel_registers.py``):
+    of the shapes checked inside it one spilled 8 bytes and the rest nothing; just
+    outside it most spilled. Other GPUs get the same rule unchecked. Points are padded
+    to a power of two >= 16; each input is one column-times-row product, kept live for
+    the backward pass.
     """
     n, widest = _padded(n_points), max(hidden)
     if n > 128 or widest > 64 or n * widest > 4096 or n * sum(hidden) > 8192:
@@ -57,11 +55,10 @@ def mlp_mse_grad(
     apply: Callable[..., Array],
     unit_masks: Callable[[Any], list[Array]],
     hidden: Sequence[int],
-    act: Callable[[Array], Array],
     activation: str,
     *,
     interpret: bool = False,
-) -> Callable[..., tuple[Any, Array]]:
+) -> Grad:
     """The gradient of an MLP's mean half squared error, fused into one kernel per model.
 
     Args:
@@ -69,7 +66,7 @@ def mlp_mse_grad(
             params are ``[{"w": (m, k), "b": (k,)}, ...]`` with one output unit.
         unit_masks: ``unit_masks(state)``: per hidden layer, which units are live, ``(H_i,)``.
         hidden: hidden widths, each a power of two >= 16 (:func:`kernel_widths`).
-        act, activation: the activation and its name, one of :data:`SLOPES`.
+        activation: its name, one of ``overfit.activations.SLOPES``.
         interpret: run the kernel in Pallas' interpreter on any backend (for
             tests); otherwise it runs on CUDA GPUs and autodiff runs elsewhere.
 
@@ -78,31 +75,39 @@ def mlp_mse_grad(
         ``jax.grad(..., has_aux=True)`` of ``mean(0.5 * (apply(x) - y)^2)`` returns
         them: ``x`` is ``(n, d)``, ``y`` and ``out`` are ``(n,)``.
         Shapes outside :func:`fits_on_chip` and anything but float32 take autodiff on
-        every backend.
+        every backend, and so do derivatives of the gradient itself (forward or
+        reverse mode through ``fit``, e.g. a hypergradient): the kernel has no rule.
     """
     if not kernel_widths(hidden) or activation not in SLOPES:
         raise ValueError(f"no kernel for hidden={tuple(hidden)}, activation={activation!r}; "
                          f"allowed: powers of two >= 16, one of {list(SLOPES)}")
 
-    def autodiff(params, state, x, y):
+    def autodiff(params: Params, state: Any, x: Array, y: Array) -> tuple[Params, Array]:
         def loss(p):
             out = apply(p, state, x)
             return jnp.mean(half_squared(out, y)), out
 
         return jax.grad(loss, has_aux=True)(params)
 
-    def fused(params, state, x, y):
+    def fused(params: Params, state: Any, x: Array, y: Array) -> tuple[Params, Array]:
         return _fused(params, [m.astype(jnp.float32) for m in unit_masks(state)], x, y,
-                      act, SLOPES[activation], interpret)
+                      activation, interpret)
 
-    def grad(params, state, x, y):
+    @jax.custom_jvp
+    def grad(params: Params, state: Any, x: Array, y: Array) -> tuple[Params, Array]:
         n, d = x.shape
-        floats = all(a.dtype == jnp.float32 for a in jax.tree.leaves((params, x)))
+        # a float64 target would make autodiff's residual float64: keep its numbers
+        floats = (all(a.dtype == jnp.float32 for a in jax.tree.leaves((params, x)))
+                  and (y.dtype == jnp.float32 or not jnp.issubdtype(y.dtype, jnp.floating)))
         if not fits_on_chip(n, d, hidden) or not floats or _pallas_triton() is None:
             return autodiff(params, state, x, y)
         if interpret:
             return fused(params, state, x, y)
         return jax.lax.platform_dependent(params, state, x, y, cuda=fused, default=autodiff)
+
+    @grad.defjvp
+    def _(primals, tangents):
+        return jax.jvp(autodiff, primals, tangents)
 
     return grad
 
@@ -125,7 +130,9 @@ def _padded(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
-def _fused(params, masks: list[Array], x: Array, y: Array, act, slope, interpret: bool):
+def _fused(params: Params, masks: list[Array], x: Array, y: Array, activation: str,
+           interpret: bool) -> tuple[Params, Array]:
+    """:func:`mlp_mse_grad`'s kernel: masks ``(H_i,)`` float, ``x`` ``(n, d)``, ``y`` ``(n,)``."""
     pl, compiler_params = _pallas_triton()
     n, d = x.shape
     pad = _padded(n) - n
@@ -146,7 +153,8 @@ def _fused(params, masks: list[Array], x: Array, y: Array, act, slope, interpret
     }
 
     def kernel(in_refs, out_ref, grads_refs):
-        out, grads = _forward_backward(jax.tree.map(lambda r: r[...], in_refs), act, slope)
+        out, grads = _forward_backward(jax.tree.map(lambda r: r[...], in_refs),
+                                       ACTIVATIONS[activation], SLOPES[activation])
         out_ref[...] = out
         for ref, value in zip(jax.tree.leaves(grads_refs), jax.tree.leaves(grads)):
             ref[...] = value
@@ -165,7 +173,8 @@ def _fused(params, masks: list[Array], x: Array, y: Array, act, slope, interpret
     return grads, out[:n, 0]
 
 
-def _forward_backward(v: dict, act, slope) -> tuple[Array, dict]:
+def _forward_backward(v: dict[str, Any], act: Callable[[Array], Array],
+                      slope: Callable[[Array], Array]) -> tuple[Array, dict[str, Any]]:
     """One model's outputs ``(n, 1)`` and gradient blocks (shaped as ``v``'s parameter
     blocks), written with 2-D arrays and ``dot_general`` only: a Triton kernel body."""
     z = v["bs"][0]
@@ -191,5 +200,6 @@ def _forward_backward(v: dict, act, slope) -> tuple[Array, dict]:
 
 
 def _dot(a: Array, b: Array, a_axis: int, b_axis: int) -> Array:
+    """``a`` and ``b`` contracted over one axis each: the 2-D products Triton takes."""
     return jax.lax.dot_general(a, b, (((a_axis,), (b_axis,)), ((), ())),
                                preferred_element_type=jnp.float32)

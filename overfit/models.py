@@ -22,18 +22,12 @@ import jax.numpy as jnp
 from jax import Array
 
 from overfit._checks import check_choice, check_int, check_range
-from overfit.kernels import SLOPES, kernel_widths, mlp_mse_grad
+from overfit.activations import ACTIVATIONS, SLOPES
+from overfit.kernels import kernel_widths, mlp_mse_grad
 
 Params = Any
 State = dict[str, Array]
 
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "tanh": jnp.tanh,
-    "relu": jax.nn.relu,
-    "sigmoid": jax.nn.sigmoid,
-    "gelu": jax.nn.gelu,
-    "linear": lambda z: z,
-}
 
 
 class Model(NamedTuple):
@@ -58,7 +52,8 @@ class Model(NamedTuple):
             out)``: the gradient of ``mean(0.5 * (apply(x) - y)^2)`` and the
             outputs ``(n,)``, as ``jax.grad(..., has_aux=True)`` gives them.
             Full-batch square-loss training uses it; None otherwise, and
-            ``model._replace(mse_grad=None)`` trains by autodiff everywhere.
+            ``model._replace(mse_grad=None)`` trains by autodiff everywhere. It
+            is ``apply``'s gradient: replacing ``apply`` needs ``mse_grad=None``.
     """
 
     init: Callable[..., tuple[Params, State]]
@@ -321,7 +316,7 @@ def mlp(
     knobs = ("width", "drop_rate", "input_drop_rate")
     mse_grad = None
     if n_out == 1 and not stochastic and activation in SLOPES and kernel_widths(hidden):
-        mse_grad = mlp_mse_grad(apply, unit_masks, hidden, act, activation)
+        mse_grad = mlp_mse_grad(apply, unit_masks, hidden, activation)
     return Model(init, apply, n_params, None, "width" if hidden else None, n_out, knobs,
                  mse_grad)
 

@@ -11,21 +11,30 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from overfit import kernels, mlp, polynomial, regression
+from overfit import classification, kernels, mlp, models, polynomial, regression
 from overfit.kernels import fits_on_chip, mlp_mse_grad
-from overfit.models import ACTIVATIONS
 from overfit.train import fit
 
 ON_GPU = jax.default_backend() == "gpu"
 
 
-def kernel_model(n_in, hidden, activation="tanh"):
-    """An MLP whose ``mse_grad`` is the kernel on this backend (interpreted off a GPU)."""
-    model = mlp(n_in, hidden, activation=activation)
-    masks = lambda state: [jnp.arange(h) < state["width"] for h in hidden]  # noqa: E731
-    grad = mlp_mse_grad(model.apply, masks, hidden, ACTIVATIONS[activation], activation,
-                        interpret=not ON_GPU)
-    return model._replace(mse_grad=grad)
+@pytest.fixture
+def kernel_mlp(monkeypatch):
+    """``(mlp, traced)``: ``mlp`` builds models whose ``mse_grad`` runs the kernel on this
+    backend (interpreted off a GPU); ``traced`` grows by one each time a kernel is traced,
+    so a test can tell the kernel from ``mse_grad``'s autodiff fallback."""
+    traced = []
+
+    def counting(*args, **kwargs):
+        traced.append(1)
+        return fused(*args, **kwargs)
+
+    fused = kernels._fused
+    monkeypatch.setattr(kernels, "_fused", counting)
+    if not ON_GPU:
+        monkeypatch.setattr(models, "mlp_mse_grad", functools.partial(mlp_mse_grad,
+                                                                       interpret=True))
+    return mlp, traced
 
 
 def autodiff(model, params, state, x, y):
@@ -48,9 +57,9 @@ def relative(got, want):
     (1, (16, 16, 16), "linear", 5, None),
 ])
 def test_the_kernel_gradient_and_outputs_are_autodiffs_for_every_member(
-        n_in, hidden, activation, n, width):
-    assert fits_on_chip(n, n_in, hidden)  # else autodiff would be compared with itself
-    model = kernel_model(n_in, hidden, activation)
+        kernel_mlp, n_in, hidden, activation, n, width):
+    build, traced = kernel_mlp
+    model = build(n_in, hidden, activation=activation)
     kw = {} if width is None else {"width": width}
     params, state = jax.vmap(lambda k: model.init(k, **kw))(jax.random.split(jax.random.key(0), 3))
     x = jax.random.normal(jax.random.key(1), (n, n_in))
@@ -58,21 +67,23 @@ def test_the_kernel_gradient_and_outputs_are_autodiffs_for_every_member(
     with jax.default_matmul_precision("highest"):
         want, want_out = jax.vmap(lambda p, s: autodiff(model, p, s, x, y))(params, state)
         got, out = jax.vmap(lambda p, s: model.mse_grad(p, s, x, y))(params, state)
+    assert traced  # else autodiff would be compared with itself
     assert jax.tree.structure(got) == jax.tree.structure(want)
     assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
     # a doubled or transposed block would be off by O(1)
     assert relative(got, want) < 1e-5
     assert relative(out, want_out) < 1e-5
     if width is not None:  # masked units get no gradient
-        assert jnp.all(got[1]["w"][:, :, width:] == 0) and jnp.all(got[0]["b"][:, width:] == 0)
+        assert jnp.all(got[1]["w"][:, :, width:] == 0) and jnp.all(got[1]["b"][:, width:] == 0)
+        assert jnp.all(got[2]["w"][:, width:] == 0)
 
 
 @pytest.mark.parametrize("per_member_data", [False, True])
-def test_fit_with_the_kernel_trains_as_fit_by_autodiff(per_member_data):
+def test_fit_with_the_kernel_trains_as_fit_by_autodiff(kernel_mlp, per_member_data):
     # a width sweep on 20 points (padded to 32), on one data set or a training set per
     # member (the kernel's grid then reads each member's points)
-    assert fits_on_chip(20, 1, (64, 64))
-    model = kernel_model(1, (64, 64))
+    build, traced = kernel_mlp
+    model = build(1, (64, 64))
     draw = functools.partial(regression, target="sin", n_train=20, n_val=20, noise=0.1)
     data = (jax.vmap(draw)(jax.random.split(jax.random.key(0), 3)) if per_member_data
             else draw(jax.random.key(0)))
@@ -81,12 +92,51 @@ def test_fit_with_the_kernel_trains_as_fit_by_autodiff(per_member_data):
                   hparams={"width": jnp.array([16, 40, 64])})
     with jax.default_matmul_precision("highest"):
         got = fit(model, **kwargs)
+        assert traced
         want = fit(model._replace(mse_grad=None), **kwargs)
     assert relative(got.params, want.params) < 1e-4
     assert relative(got.history.train_loss, want.history.train_loss) < 1e-4
     assert relative(got.test_loss, want.test_loss) < 1e-4
     # the members trained: the comparison is not of two initialisations
     assert jnp.all(got.history.train_loss[:, -1] < 0.9 * got.history.train_loss[:, 0])
+
+
+def test_fit_with_the_kernel_on_class_labels_with_two_inputs_trains_as_autodiff(kernel_mlp):
+    # the square loss on 0/1 labels (integer targets) of a 2-D data set: inputs enter
+    # the kernel as two column-times-row products
+    build, traced = kernel_mlp
+    model = build(2, (32, 32), activation="relu")
+    data = classification(jax.random.key(0), shape="xor", n_train=40, n_val=20, n_test=20)
+    kwargs = dict(data=data, key=jax.random.split(jax.random.key(1), 2), loss="mse",
+                  epochs=30, eval_every=10)
+    with jax.default_matmul_precision("highest"):
+        got = fit(model, **kwargs)
+        assert traced
+        want = fit(model._replace(mse_grad=None), **kwargs)
+    assert relative(got.params, want.params) < 1e-4
+    assert relative(got.history.val_metric, want.history.val_metric) == 0  # accuracies
+
+
+def test_forward_mode_through_fit_takes_autodiffs_rule(kernel_mlp):
+    # a learning-rate hypergradient by jvp: the kernel has no derivative of its own
+    build, _ = kernel_mlp
+    data = regression(jax.random.key(0), target="sin", n_train=16, n_val=8, noise=0.1)
+    opt = lambda h: optax.sgd(h["lr"])  # noqa: E731
+
+    def final_loss(model, lr):
+        return fit(model, data, key=jax.random.key(1), optimizer=opt, hparams={"lr": lr},
+                   epochs=5).history.train_loss[-1]
+
+    model = build(1, (16, 16))
+    with jax.default_matmul_precision("highest"):
+        got = jax.jvp(functools.partial(final_loss, model), (0.1,), (1.0,))
+        want = jax.jvp(functools.partial(final_loss, model._replace(mse_grad=None)),
+                       (0.1,), (1.0,))
+    assert float(want[1]) < 0  # a larger step lowers the loss: a tangent that can be wrong
+    assert relative(got, want) < 1e-5
+    # and it compiles for CUDA, where the primal step is the Triton kernel
+    jax.jit(lambda lr: jax.jvp(functools.partial(final_loss, mlp(1, (16, 16))), (lr,),
+                               (1.0,))).trace(0.1).lower(lowering_platforms=("cuda",))
 
 
 def _triton_calls(model, n_train=64, **fit_kwargs):
@@ -105,6 +155,7 @@ def test_fit_of_an_mlp_lowers_its_gradient_to_triton_kernels_for_cuda():
     # minibatches, input noise and other losses take autodiff
     assert _triton_calls(model, batch_size=16) == 0
     assert _triton_calls(model, hparams={"input_noise": 0.1}) == 0
+    assert _triton_calls(model, loss=lambda out, y: 0.5 * (out - y) ** 2) == 0
 
 
 @pytest.mark.parametrize("n, n_in, hidden, fits", [
@@ -164,6 +215,6 @@ def test_only_deterministic_one_output_mlps_with_kernel_widths_get_a_kernel():
 
 def test_the_kernel_factory_refuses_what_it_cannot_hold_by_name():
     with pytest.raises(ValueError, match=r"hidden=\(48,\), activation='tanh'; allowed"):
-        mlp_mse_grad(lambda *a: None, lambda s: [], (48,), jnp.tanh, "tanh")
+        mlp_mse_grad(lambda *a: None, lambda s: [], (48,), "tanh")
     with pytest.raises(ValueError, match=r"activation='gelu'; allowed: .*'tanh'"):
-        mlp_mse_grad(lambda *a: None, lambda s: [], (64,), jax.nn.gelu, "gelu")
+        mlp_mse_grad(lambda *a: None, lambda s: [], (64,), "gelu")
