@@ -407,7 +407,9 @@ def fit(
     and whatever has no leading axis is shared.
 
     Args:
-        model: from :mod:`overfit.models`.
+        model: from :mod:`overfit.models`. On a CUDA GPU, full-batch square-loss
+            training of a model with ``mse_grad`` (an MLP) takes its gradient
+            from that fused kernel (:mod:`overfit.kernels`).
         data: a :class:`~overfit.data.Dataset`.
         key: PRNG key(s): initialisation, shuffling, dropout and input noise.
         optimizer: an optax transformation, or a function of the member's
