@@ -75,8 +75,8 @@ def mlp_mse_grad(
         ``jax.grad(..., has_aux=True)`` of ``mean(0.5 * (apply(x) - y)^2)`` returns
         them: ``x`` is ``(n, d)``, ``y`` and ``out`` are ``(n,)``.
         Shapes outside :func:`fits_on_chip` and anything but float32 take autodiff on
-        every backend, and so do derivatives of the gradient itself (forward or
-        reverse mode through ``fit``, e.g. a hypergradient): the kernel has no rule.
+        every backend, and so do derivatives of the gradient itself (e.g. a
+        hypergradient by ``jax.jvp`` through ``fit``): the kernel has no rule of its own.
     """
     if not kernel_widths(hidden) or activation not in SLOPES:
         raise ValueError(f"no kernel for hidden={tuple(hidden)}, activation={activation!r}; "

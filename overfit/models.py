@@ -29,7 +29,6 @@ Params = Any
 State = dict[str, Array]
 
 
-
 class Model(NamedTuple):
     """A model: pure functions over ``(params, state)`` pytrees.
 

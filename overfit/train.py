@@ -208,7 +208,8 @@ class _Trainer(NamedTuple):
     config: _Config
     reuse: bool = False
 
-    def gradient(self, params, state, x, y, key=None, weight=None) -> tuple[Params, Array]:
+    def gradient(self, params: Params, state: State, x: Array, y: Array,
+                 key: Array | None = None, weight: Array | None = None) -> tuple[Params, Array]:
         """``(grads, out)``: the objective's gradient and the outputs it scored.
 
         Full-batch square-loss training of a model with a fused kernel
