@@ -46,9 +46,11 @@ def fits_on_chip(n_points: int, n_in: int, hidden: Sequence[int]) -> bool:
     return n_in == 1 or (n_in <= 4 and n <= 64 and n * widest <= 2048)
 
 
-def kernel_widths(hidden: Sequence[int]) -> bool:
-    """Whether Triton can hold these hidden layers: each a power of two >= 16."""
-    return bool(hidden) and all(h >= 16 and not h & (h - 1) for h in hidden)
+def has_kernel(hidden: Sequence[int], activation: str) -> bool:
+    """Whether such hidden layers have a kernel: each a power of two >= 16 (Triton's
+    blocks and dots), an activation with a slope in ``overfit.activations.SLOPES``."""
+    widths = bool(hidden) and all(h >= 16 and not h & (h - 1) for h in hidden)
+    return widths and activation in SLOPES
 
 
 def mlp_mse_grad(
@@ -65,8 +67,8 @@ def mlp_mse_grad(
         apply: the MLP's deterministic ``apply(params, state, x) -> (n,)``; its
             params are ``[{"w": (m, k), "b": (k,)}, ...]`` with one output unit.
         unit_masks: ``unit_masks(state)``: per hidden layer, which units are live, ``(H_i,)``.
-        hidden: hidden widths, each a power of two >= 16 (:func:`kernel_widths`).
-        activation: its name, one of ``overfit.activations.SLOPES``.
+        hidden, activation: hidden widths and the activation's name, for which
+            :func:`has_kernel` holds.
         interpret: run the kernel in Pallas' interpreter on any backend (for
             tests); otherwise it runs on CUDA GPUs and autodiff runs elsewhere.
 
@@ -78,7 +80,7 @@ def mlp_mse_grad(
         every backend, and so do derivatives of the gradient itself (e.g. a
         hypergradient by ``jax.jvp`` through ``fit``): the kernel has no rule of its own.
     """
-    if not kernel_widths(hidden) or activation not in SLOPES:
+    if not has_kernel(hidden, activation):
         raise ValueError(f"no kernel for hidden={tuple(hidden)}, activation={activation!r}; "
                          f"allowed: powers of two >= 16, one of {list(SLOPES)}")
 

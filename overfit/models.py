@@ -22,8 +22,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from overfit._checks import check_choice, check_int, check_range
-from overfit.activations import ACTIVATIONS, SLOPES
-from overfit.kernels import kernel_widths, mlp_mse_grad
+from overfit.activations import ACTIVATIONS
+from overfit.kernels import has_kernel, mlp_mse_grad
 
 Params = Any
 State = dict[str, Array]
@@ -314,7 +314,7 @@ def mlp(
 
     knobs = ("width", "drop_rate", "input_drop_rate")
     mse_grad = None
-    if n_out == 1 and not stochastic and activation in SLOPES and kernel_widths(hidden):
+    if n_out == 1 and not stochastic and has_kernel(hidden, activation):
         mse_grad = mlp_mse_grad(apply, unit_masks, hidden, activation)
     return Model(init, apply, n_params, None, "width" if hidden else None, n_out, knobs,
                  mse_grad)

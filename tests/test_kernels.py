@@ -202,7 +202,7 @@ def test_off_a_gpu_fit_gives_autodiffs_numbers_bit_for_bit():
                                                       jax.tree.leaves(want.params)))
 
 
-def test_only_deterministic_one_output_mlps_with_kernel_widths_get_a_kernel():
+def test_only_deterministic_one_output_mlps_with_kernel_shapes_get_a_kernel():
     assert mlp(1, (64, 64)).mse_grad is not None
     assert mlp(1, (64,), activation="relu").mse_grad is not None
     assert mlp(1, (64, 64), drop_rate=0.1).mse_grad is None  # dropout draws masks
