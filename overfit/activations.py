@@ -23,3 +23,6 @@ SLOPES: dict[str, Callable[[Array], Array]] = {
     "relu": lambda h: (h > 0).astype(h.dtype),
     "linear": jnp.ones_like,
 }
+
+# act(0) == 0: a unit whose weights and bias are zero outputs exactly zero
+ZERO_AT_ZERO = frozenset({"tanh", "relu", "gelu", "linear"})

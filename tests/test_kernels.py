@@ -55,6 +55,12 @@ def relative(got, want):
     (3, (16, 32), "relu", 10, 20),  # points padded to 16, units masked to 20
     (2, (32,), "sigmoid", 33, None),  # points padded to 64
     (1, (16, 16, 16), "linear", 5, None),
+    # dead units in every position: first and last layer (masked on parameter rows),
+    # a sigmoid first layer and a middle layer (masked on tiles), a single layer
+    (1, (32, 32), "tanh", 24, 20),
+    (2, (32, 32, 32), "sigmoid", 20, 24),
+    (1, (32, 32, 32), "tanh", 20, 24),  # slope(0) = 1: the middle layer needs its mask
+    (1, (32,), "relu", 16, 10),
 ])
 def test_the_kernel_gradient_and_outputs_are_autodiffs_for_every_member(
         kernel_mlp, n_in, hidden, activation, n, width):
@@ -73,9 +79,13 @@ def test_the_kernel_gradient_and_outputs_are_autodiffs_for_every_member(
     # a doubled or transposed block would be off by O(1)
     assert relative(got, want) < 1e-5
     assert relative(out, want_out) < 1e-5
-    if width is not None:  # masked units get no gradient
-        assert jnp.all(got[1]["w"][:, :, width:] == 0) and jnp.all(got[1]["b"][:, width:] == 0)
-        assert jnp.all(got[2]["w"][:, width:] == 0)
+    if width is not None:  # dead units get no gradient, in or out
+        dead = [i for i, h in enumerate(hidden) if h > width]
+        assert dead
+        for i in dead:
+            assert jnp.all(got[i]["w"][:, :, width:] == 0)
+            assert jnp.all(got[i]["b"][:, width:] == 0)
+            assert jnp.all(got[i + 1]["w"][:, width:] == 0)
 
 
 @pytest.mark.parametrize("per_member_data", [False, True])
@@ -218,3 +228,11 @@ def test_the_kernel_factory_refuses_what_it_cannot_hold_by_name():
         mlp_mse_grad(lambda *a: None, lambda s: [], (48,), "tanh")
     with pytest.raises(ValueError, match=r"activation='gelu'; allowed: .*'tanh'"):
         mlp_mse_grad(lambda *a: None, lambda s: [], (64,), "gelu")
+
+
+def test_zero_at_zero_names_exactly_the_activations_that_vanish_at_zero():
+    # the kernel leaves a first layer's dead units unmasked when act(0) == 0
+    from overfit.activations import ACTIVATIONS, ZERO_AT_ZERO
+
+    vanish = {name for name, f in ACTIVATIONS.items() if f(jnp.float32(0)) == 0}
+    assert vanish == ZERO_AT_ZERO
