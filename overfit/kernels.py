@@ -203,6 +203,7 @@ def _forward_backward(v: dict[str, Any], act: Callable[[Array], Array],
     z = v["bs"][0]
     for col, row in zip(v["cols"], v["rows"]):
         z = z + col * row
+    z = _computed_once(z)
     hs = []
     for i, live in enumerate(lives):
         if i:
@@ -224,6 +225,21 @@ def _forward_backward(v: dict[str, Any], act: Callable[[Array], Array],
     grads |= {"rows": [jnp.sum(col * dz, axis=0, keepdims=True) for col in v["cols"]],
               "ws": ws, "bs": bs}
     return out, grads
+
+
+def _computed_once(z: Array) -> Array:
+    """``z`` plus a product of zero matrices: the same numbers, computed once.
+
+    Triton recomputes a chain of cheap operations (here the first layer: loads,
+    products, the activation) in every register layout its uses need rather than
+    convert between layouts, but never recomputes a dot. The first layer's outputs
+    feed a dot, a transposed dot and the backward pass's products, so it computed
+    them three times: with this dot in the chain, the target's kernel (1-64-64-1,
+    tanh, sm_90a) needs 3345 PTX instructions instead of 4552 and 168 registers
+    instead of 198 (three programs per SM instead of two).
+    """
+    n, h = z.shape
+    return z + _dot(jnp.zeros((n, 16), z.dtype), jnp.zeros((16, h), z.dtype), 1, 0)
 
 
 def _dot(a: Array, b: Array, a_axis: int, b_axis: int) -> Array:
