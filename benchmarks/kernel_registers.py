@@ -57,8 +57,9 @@ def triton_ir(n: int, n_in: int, hidden: tuple[int, ...], activation: str) -> st
     return captured["ir"]
 
 
-def registers(ir: str, ptxas: str | None) -> tuple[int, int]:
-    """(registers per thread, spill-store bytes) of the IR compiled for sm_90a, 4 warps."""
+def registers(ir: str, ptxas: str | None) -> tuple[int, int, int]:
+    """(registers per thread, spill-store bytes, PTX instructions per thread) of the IR
+    compiled for sm_90a, 4 warps."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -79,7 +80,8 @@ def registers(ir: str, ptxas: str | None) -> tuple[int, int]:
                                 capture_output=True, text=True, check=True).stderr
     used = re.search(r"Used (\d+) registers", report)
     spills = re.search(r"(\d+) bytes spill stores", report)
-    return int(used.group(1)), int(spills.group(1)) if spills else 0
+    instructions = len(re.findall(r"^\s+[a-z][\w.]*", compiled.asm["ptx"], re.M))
+    return int(used.group(1)), int(spills.group(1)) if spills else 0, instructions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,12 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ptxas", help="the ptxas to use (default: the one Triton ships)")
     p.add_argument("--activation", default="tanh", choices=sorted(SLOPES))
     args = p.parse_args(argv)
-    print("| points | inputs | hidden | fits_on_chip | registers | spill stores (B) |")
-    print("|---:|---:|---|---|---:|---:|")
+    print("| points | inputs | hidden | fits_on_chip | registers | spill stores (B) | "
+          "PTX instructions |")
+    print("|---:|---:|---|---|---:|---:|---:|")
     for n, n_in, hidden in SHAPES:
-        regs, spills = registers(triton_ir(n, n_in, hidden, args.activation), args.ptxas)
+        regs, spills, instructions = registers(triton_ir(n, n_in, hidden, args.activation),
+                                               args.ptxas)
         print(f"| {n} | {n_in} | {hidden} | {kernels.fits_on_chip(n, n_in, hidden)} | "
-              f"{regs} | {spills} |", flush=True)
+              f"{regs} | {spills} | {instructions} |", flush=True)
     return 0
 
 

@@ -7,7 +7,9 @@ Triton program per model that keeps a model's activations on chip and writes
 only its gradient and outputs; ``vmap`` over members becomes the kernel's grid.
 On an H100, ``fit`` of 8192 MLPs 1-64-64-1 on 64 points, 2000 full-batch Adam
 steps, took 1.51-1.54 s this way against 2.59 s by autodiff
-(``benchmarks/gpu_check.py --kernel``).
+(``benchmarks/gpu_check.py --kernel``), before the kernel lost about 30 % of its
+instructions and of its registers (see :func:`_fused`, :func:`_computed_once`;
+not yet timed).
 
 Off a GPU, and where a model does not fit on chip, the function is plain
 autodiff. On a GPU the two differ by float round-off: at full float32
@@ -35,8 +37,9 @@ def fits_on_chip(n_points: int, n_in: int, hidden: Sequence[int]) -> bool:
     """Whether one model's kernel keeps its tiles in registers (4 warps).
 
     The envelope of a ptxas sweep for the H100 (sm_90a; ``benchmarks/kernel_registers.py``):
-    of the shapes checked inside it one spilled 8 bytes and the rest nothing; just
-    outside it most spilled. Other GPUs get the same rule unchecked. Points are padded
+    no shape checked inside it spills, with any of the four activations. It was drawn
+    when most shapes just outside spilled; many no longer do, but only the target's
+    shape has been timed. Other GPUs get the same rule unchecked. Points are padded
     to a power of two >= 16; each input is one column-times-row product, kept live for
     the backward pass.
     """
