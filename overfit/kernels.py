@@ -69,7 +69,8 @@ def mlp_mse_grad(
     Args:
         apply: the MLP's deterministic ``apply(params, state, x) -> (n,)``; its
             params are ``[{"w": (m, k), "b": (k,)}, ...]`` with one output unit.
-        unit_masks: ``unit_masks(state)``: per hidden layer, which units are live, ``(H_i,)``.
+        unit_masks: ``unit_masks(state)``: per hidden layer, which units are live,
+            ``(H_i,)`` bool (``apply`` multiplies a layer's outputs by it).
         hidden, activation: hidden widths and the activation's name, for which
             :func:`has_kernel` holds.
         interpret: run the kernel in Pallas' interpreter on any backend (for
@@ -95,7 +96,7 @@ def mlp_mse_grad(
         return jax.grad(loss, has_aux=True)(params)
 
     def fused(params: Params, state: Any, x: Array, y: Array) -> tuple[Params, Array]:
-        return _fused(params, [m.astype(jnp.float32) for m in unit_masks(state)], x, y,
+        return _fused(params, [m.astype(bool) for m in unit_masks(state)], x, y,
                       activation, interpret)
 
     @jax.custom_jvp
@@ -137,25 +138,27 @@ def _padded(n: int) -> int:
 
 def _fused(params: Params, masks: list[Array], x: Array, y: Array, activation: str,
            interpret: bool) -> tuple[Params, Array]:
-    """:func:`mlp_mse_grad`'s kernel: masks ``(H_i,)`` float, ``x`` ``(n, d)``, ``y`` ``(n,)``.
+    """:func:`mlp_mse_grad`'s kernel: masks ``(H_i,)`` bool, ``x`` ``(n, d)``, ``y`` ``(n,)``.
 
-    Dead units are masked on parameter rows here, in XLA, where the products fuse
-    into neighbouring work, and on ``(n, H)`` tiles in the kernel only where nothing
-    cheaper is exact: masking tiles of every layer cost 6 % of the kernel's
+    Dead units are zeroed on parameter rows here, in XLA, where the selections fuse
+    into neighbouring work, and masked on ``(n, H)`` tiles in the kernel only where
+    nothing cheaper is exact: masking tiles of every layer cost 6 % of the kernel's
     instructions and 44 of its 242 registers (1-64-64-1 for an H100, ptxas). The
     last layer's dead units get zero outgoing weight, so from the output back their
-    gradient is zero; with more than one layer the first layer's get zero weights
-    and bias, so they output ``act(0)``, zero but for sigmoids (masked on tiles);
-    layers in between mask tiles.
+    ``dz`` is zero; with more than one layer the first layer's get zero weights and
+    bias, so they output ``act(0)``, zero but for sigmoids (masked on tiles); layers
+    in between mask tiles. The gradient rows of dead units in the first and output
+    layers, which the kernel leaves unmasked, are zeroed after it.
     """
     pl, compiler_params = _pallas_triton()
     n, d = x.shape
     pad = _padded(n) - n
     x = jnp.pad(x, ((0, pad), (0, 0)))
     last = len(masks) - 1
-    first, w_out = params[0], params[-1]["w"] * masks[last][:, None]
+    # selections, not products: a dead unit's inf must not become inf * 0 = NaN
+    first, w_out = params[0], jnp.where(masks[last][:, None], params[-1]["w"], 0.0)
     if last > 0:
-        first = {"w": first["w"] * masks[0], "b": first["b"] * masks[0]}
+        first = jax.tree.map(lambda a: jnp.where(masks[0], a, 0.0), first)
     tiles = [0 < i < last or (i == 0 < last and activation not in ZERO_AT_ZERO)
              for i in range(last + 1)]
     # every block is 2-D: columns (n, 1), rows (1, H); biases as rows, the output
@@ -168,7 +171,8 @@ def _fused(params: Params, masks: list[Array], x: Array, y: Array, activation: s
         "rows": [first["w"][k:k + 1] for k in range(d)],
         "ws": [layer["w"] for layer in params[1:-1]],
         "bs": [b[None] for b in (first["b"], *(layer["b"] for layer in params[1:-1]))],
-        "lives": [m[None] if tile else None for m, tile in zip(masks, tiles)],
+        "lives": [m[None].astype(jnp.float32) if tile else None
+                  for m, tile in zip(masks, tiles)],
         "w_out": w_out.T,
         "b_out": params[-1]["b"][None],
     }
@@ -191,8 +195,9 @@ def _fused(params: Params, masks: list[Array], x: Array, y: Array, activation: s
     firsts = jnp.concatenate(g["rows"], axis=0)
     grads = [{"w": w, "b": b[0]} for w, b in zip([firsts, *g["ws"]], g["bs"])]
     if last > 0:  # the first layer's dz is not zero at its dead units
-        grads[0] = {"w": grads[0]["w"] * masks[0], "b": grads[0]["b"] * masks[0]}
-    grads.append({"w": g["w_out"].T * masks[last][:, None], "b": g["b_out"][0]})
+        grads[0] = jax.tree.map(lambda a: jnp.where(masks[0], a, 0.0), grads[0])
+    grads.append({"w": jnp.where(masks[last][:, None], g["w_out"].T, 0.0),
+                  "b": g["b_out"][0]})
     return grads, out[:n, 0]
 
 

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from overfit import classification, kernels, mlp, models, polynomial, regression
+from overfit.activations import ACTIVATIONS, ZERO_AT_ZERO
 from overfit.kernels import fits_on_chip, mlp_mse_grad
 from overfit.train import fit
 
@@ -86,6 +87,42 @@ def test_the_kernel_gradient_and_outputs_are_autodiffs_for_every_member(
             assert jnp.all(got[i]["w"][:, :, width:] == 0)
             assert jnp.all(got[i]["b"][:, width:] == 0)
             assert jnp.all(got[i + 1]["w"][:, width:] == 0)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "linear"])
+def test_any_dead_units_in_any_layer_get_autodiffs_gradient(kernel_mlp, activation):
+    # masks drawn at random per layer (mlp's width masks the same units of equal layers),
+    # four layers, two inputs; a dead unit's parameters never reach the outputs, even
+    # inf ones where the activation is bounded
+    _, traced = kernel_mlp
+    hidden, act = (16, 32, 16, 16), ACTIVATIONS[activation]
+
+    def apply(params, masks, x):
+        h = x
+        for layer, live in zip(params[:-1], masks):
+            h = act(h @ layer["w"] + layer["b"]) * live
+        return (h @ params[-1]["w"] + params[-1]["b"])[:, 0]
+
+    sizes = (2, *hidden, 1)
+    keys = iter(jax.random.split(jax.random.key(0), 3 * len(sizes)))
+    params = [{"w": jax.random.normal(next(keys), (m, k)) / jnp.sqrt(m),
+               "b": jax.random.normal(next(keys), (k,))} for m, k in zip(sizes, sizes[1:])]
+    masks = [jax.random.bernoulli(next(keys), 0.6, (h,)) for h in hidden]
+    assert all(jnp.any(m) and not jnp.all(m) for m in masks)
+    if activation in ("tanh", "sigmoid"):
+        params[0]["b"] = jnp.where(masks[0], params[0]["b"], jnp.inf)
+    x = jax.random.normal(jax.random.key(1), (24, 2))
+    y = jnp.cos(x[:, 0])
+    grad = mlp_mse_grad(apply, lambda m: m, hidden, activation, interpret=True)
+    with jax.default_matmul_precision("highest"):
+        got, out = grad(params, masks, x, y)
+        want, want_out = jax.grad(lambda p: (jnp.mean(0.5 * (apply(p, masks, x) - y) ** 2),
+                                             apply(p, masks, x)), has_aux=True)(params)
+    assert traced
+    assert jnp.all(jnp.isfinite(out))
+    assert relative(got, want) < 1e-5 and relative(out, want_out) < 1e-5
+    for i, live in enumerate(masks):
+        assert jnp.all(got[i]["w"][:, ~live] == 0) and jnp.all(got[i]["b"][~live] == 0)
 
 
 @pytest.mark.parametrize("per_member_data", [False, True])
@@ -233,7 +270,5 @@ def test_the_kernel_factory_refuses_what_it_cannot_hold_by_name():
 
 def test_zero_at_zero_names_exactly_the_activations_that_vanish_at_zero():
     # the kernel leaves a first layer's dead units unmasked when act(0) == 0
-    from overfit.activations import ACTIVATIONS, ZERO_AT_ZERO
-
     vanish = {name for name, f in ACTIVATIONS.items() if f(jnp.float32(0)) == 0}
     assert vanish == ZERO_AT_ZERO
