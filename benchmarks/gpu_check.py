@@ -26,16 +26,20 @@ It prints the device, then
    as cuBLAS gemms, copies) in ``fit`` and in the vmap + scan reference.
 
 ``--kernel`` runs part 2 alone (~1 min), ``--fused`` part 3 (~1 min), ``--hlo`` part 5
-(compiles only).
+(compiles only), and ``--profile`` (not in the full run) traces one compiled run of the
+target's ``fit`` with ``jax.profiler`` and prints the device time per kernel.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -268,6 +272,57 @@ def hlo_table(n_models: int, steps: int) -> None:
                   f"{c['custom-call']} | {c['dot']} | {c['copy']} |", flush=True)
 
 
+def device_times(folder: str | Path) -> dict[str, dict[str, list[float]]]:
+    """Durations (µs) of a ``jax.profiler`` trace's device events, by timeline then name:
+    ``{"/device:GPU:0 / Stream #13": {"kernel": [12.1, ...], ...}, ...}`` (host
+    timelines when the trace has no device, as on a CPU)."""
+    path = next(Path(folder).rglob("*perfetto_trace.json.gz"))
+    with gzip.open(path) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    meta = {(e.get("name"), e["pid"], e.get("tid")): e["args"]["name"]
+            for e in events if e.get("ph") == "M" and "name" in e.get("args", {})}
+    processes = {pid: name for (kind, pid, _), name in meta.items() if kind == "process_name"}
+    devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
+    times: dict[str, dict[str, list[float]]] = {}
+    for e in events:
+        if e.get("ph") != "X" or (devices and e["pid"] not in devices):
+            continue
+        line = meta.get(("thread_name", e["pid"], e.get("tid")), str(e.get("tid")))
+        where = f"{processes.get(e['pid'], e['pid'])} / {line}"
+        times.setdefault(where, {}).setdefault(e["name"], []).append(float(e.get("dur", 0)))
+    return times
+
+
+def profile_table(n_models: int, steps: int, top: int = 8) -> None:
+    """Part 6: where one compiled run of the target's ``fit`` spends device time, per
+    kernel, with the gradient by the fused kernel and by autodiff (``jax.profiler``)."""
+    import jax
+
+    for kernel in (True, False):
+        train, keys = fit_call(n_models, steps, steps, kernel)
+        jax.block_until_ready(train(keys))  # compiled outside the trace
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            with jax.profiler.trace(tmp, create_perfetto_trace=True):
+                jax.block_until_ready(train(keys))
+            wall = time.perf_counter() - start
+            times = device_times(tmp)
+        name = "fused kernel" if kernel else "autodiff"
+        print(f"\n## profile: {n_models} MLPs, {steps} steps, gradient by {name}; "
+              f"{wall:.3f} s traced")
+        # the busiest timelines first: kernels on streams, and XLA's op and module lines
+        lines = sorted(times.items(), key=lambda kv: -sum(map(sum, kv[1].values())))
+        for where, by_name in lines[:3]:
+            total = sum(map(sum, by_name.values()))
+            print(f"{where}: {total / 1e6:.3f} s in {sum(map(len, by_name.values()))} events")
+            print("| event | count | total ms | mean µs |")
+            print("|---|---:|---:|---:|")
+            for event, durs in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]:
+                print(f"| {event[:60]} | {len(durs)} | {sum(durs) / 1e3:.1f} | "
+                      f"{sum(durs) / len(durs):.1f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--no-tests", action="store_true")
@@ -276,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hlo", action="store_true", help="only the kernels of one step")
     p.add_argument("--kernel", action="store_true",
                    help="only the target's fit with and without the fused kernel")
+    p.add_argument("--profile", action="store_true",
+                   help="only the target's fit traced: device time per kernel")
     args = p.parse_args(argv)
 
     import jax
@@ -288,9 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     big = 1024 if args.quick else 8192
     # off a GPU the kernels run in interpret mode, a loop per program: a smoke run only
     fused = (big, steps) if jax.default_backend() == "gpu" and not args.quick else (16, 10)
-    if args.fused or args.hlo or args.kernel:
+    if args.fused or args.hlo or args.kernel or args.profile:
         if args.kernel:
             kernel_table(big, steps, args.quick)
+        if args.profile:
+            profile_table(big, steps)
         if args.fused:
             fused_table(*fused)
         if args.hlo:
