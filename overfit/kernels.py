@@ -156,9 +156,12 @@ def _fused(params: Params, masks: list[Array], x: Array, y: Array, activation: s
     x = jnp.pad(x, ((0, pad), (0, 0)))
     last = len(masks) - 1
     # selections, not products: a dead unit's inf must not become inf * 0 = NaN
-    first, w_out = params[0], jnp.where(masks[last][:, None], params[-1]["w"], 0.0)
+    def live(tree: Any, mask: Array) -> Any:
+        return jax.tree.map(lambda a: jnp.where(mask, a, 0.0), tree)
+
+    first, w_out = params[0], live(params[-1]["w"], masks[last][:, None])
     if last > 0:
-        first = jax.tree.map(lambda a: jnp.where(masks[0], a, 0.0), first)
+        first = live(first, masks[0])
     tiles = [0 < i < last or (i == 0 < last and activation not in ZERO_AT_ZERO)
              for i in range(last + 1)]
     # every block is 2-D: columns (n, 1), rows (1, H); biases as rows, the output
@@ -195,9 +198,8 @@ def _fused(params: Params, masks: list[Array], x: Array, y: Array, activation: s
     firsts = jnp.concatenate(g["rows"], axis=0)
     grads = [{"w": w, "b": b[0]} for w, b in zip([firsts, *g["ws"]], g["bs"])]
     if last > 0:  # the first layer's dz is not zero at its dead units
-        grads[0] = jax.tree.map(lambda a: jnp.where(masks[0], a, 0.0), grads[0])
-    grads.append({"w": jnp.where(masks[last][:, None], g["w_out"].T, 0.0),
-                  "b": g["b_out"][0]})
+        grads[0] = live(grads[0], masks[0])
+    grads.append({"w": live(g["w_out"].T, masks[last][:, None]), "b": g["b_out"][0]})
     return grads, out[:n, 0]
 
 
