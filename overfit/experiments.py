@@ -8,6 +8,7 @@ Display. Rows are tidy: the swept parameters first, then the metrics.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -343,18 +344,30 @@ def five_points(scenario: Scenario) -> tuple[Rows, Figures]:
     x64 = use_x64(scenario, closed_form=True)
     with jax.enable_x64(x64):
         for ax, degree in zip(axes, (1, 6)):
-            model = models.polynomial(degree, domain=domain)
-            params, state = model.init(key)
-            params = fit_linear(model, state, _in_precision(data.x_train, x64), data.y_train)
-            err = scores(model, params, state, data)
-            n_params = int(model.n_params(state))
+            err, n_params, curve = _polynomial_fit(key, _in_precision(data, x64), grid_x,
+                                                   degree=degree, domain=domain)
+            n_params = int(n_params)
             rows.append({"model": f"degree {degree}", "n_params": n_params,
                          **{k: float(v) for k, v in err.items()}})
             FitDisplay(data.x_train, data.y_train, data.x_val, data.y_val, grid_x,
-                       {f"{n_params}-parameter fit": model.apply(params, state, grid_x)},
+                       {f"{n_params}-parameter fit": curve},
                        title=f"{n_params} parameters: train {err['train_mse']:.2g}, "
                              f"validation {err['val_mse']:.2g}").plot(ax=ax)
     return rows, {"five_points": fig}
+
+
+# One program per (degree, domain): run eagerly, the solve, the scores and the curve were
+# ~180 small programs compiled one by one (10 s for a 5-point fit on a CPU).
+@functools.partial(jax.jit, static_argnames=("degree", "domain"))
+def _polynomial_fit(key: jax.Array, data: datasets.Dataset, grid_x: jax.Array, *, degree: int,
+                    domain: tuple[float, float]) -> tuple[dict[str, jax.Array], jax.Array,
+                                                          jax.Array]:
+    """Closed-form polynomial of ``degree`` on one data set: (scores, n_params, curve)."""
+    model = models.polynomial(degree, domain=domain)
+    params, state = model.init(key)
+    params = fit_linear(model, state, data.x_train, data.y_train)
+    return (scores(model, params, state, data), model.n_params(state),
+            model.apply(params, state, grid_x))
 
 
 def capacity_curve(scenario: Scenario) -> tuple[Rows, Figures]:
@@ -516,46 +529,58 @@ def learning_curves(scenario: Scenario) -> tuple[Rows, Figures]:
 
 
 REMEDIES = ("baseline", "more data", "smaller model", "L2", "dropout", "early stopping")
-
-
-def _remedy(scenario: Scenario, name: str) -> tuple[Scenario, dict[str, Any]]:
-    """The scenario changed by one remedy, and its extra hparams."""
-    replace = dataclasses.replace
-    if name == "more data":
-        n = _require(scenario, "n_train")[0]
-        return replace(scenario, data=replace(scenario.data, n_train=n)), {}
-    if name == "smaller model":
-        return scenario, {"capacity": _require(scenario, "capacity")[0]}
-    if name == "L2":
-        return replace(scenario, train=replace(scenario.train, l2=_require(scenario, "l2")[0])), {}
-    if name == "dropout":
-        rate = _require(scenario, "drop_rate")[0]
-        return replace(scenario, model=replace(scenario.model, drop_rate=rate)), {}
-    return scenario, {}
+SAME_DATA = ("baseline", "smaller model", "L2", "dropout")
+"""The arms that differ only in per-member hparams: one compiled call trains them all."""
 
 
 def remedies(scenario: Scenario) -> tuple[Rows, Figures]:
-    """The lesson's remedies side by side on one overfitting set-up."""
+    """The lesson's remedies side by side on one overfitting set-up.
+
+    Three compiled calls: the four arms on the base data (their remedies are per-member
+    width, L2 strength and drop rate), more data (another shape) and early stopping.
+    """
     if scenario.early_stopping.rule == "none":
         raise ValueError("kind='remedies' needs early_stopping.rule for its early-stopping arm.")
+    if scenario.model.kind != "mlp":
+        raise ValueError(f"kind='remedies' needs model.kind='mlp' (its arms change the width "
+                         f"and the drop rate); got model.kind={scenario.model.kind!r}.")
+    replace, n_seeds = dataclasses.replace, scenario.sweep.seeds
     key_data, key_model = _keys(scenario)
-    n_seeds, results, rows = scenario.sweep.seeds, {}, []
-    for name in REMEDIES:
-        variant, extra = _remedy(scenario, name)
-        data = draw(variant, key_data, n_seeds)
-        model = build_model(dataclasses.replace(variant, sweep=dataclasses.replace(
-            variant.sweep, capacity=[])), data)
-        hp = {model.capacity: np.full(n_seeds, extra["capacity"])} if extra else {}
-        result = train_grid(variant, model, data, hp, key_model, stop=name == "early stopping")
-        values = grid_scores(variant, model, result, data)
-        results[name] = (variant, model, result, data, values)
-        rows += [{"remedy": name, **row} for row in _rows({"seed": range(n_seeds)}, values)]
+    no_sweep = replace(scenario.sweep, capacity=[])
+    base = replace(scenario, sweep=no_sweep)
+    # dropout compiled in for all four arms; a member's rate of 0 drops nothing
+    shared = replace(base, model=replace(scenario.model, drop_rate=_require(scenario,
+                                                                          "drop_rate")[0]))
+    more = replace(base, data=replace(scenario.data, n_train=_require(scenario, "n_train")[0]))
+    data = draw(base, key_data, n_seeds)
+    model = build_model(shared, data)
+    arms = {"baseline": {}, "smaller model": {model.capacity: _require(scenario, "capacity")[0]},
+            "L2": {"l2": _require(scenario, "l2")[0]},
+            "dropout": {"drop_rate": shared.model.drop_rate}}
+    defaults = {model.capacity: _own_capacity(model), "l2": scenario.train.l2, "drop_rate": 0.0}
+    hp = {k: np.repeat([arm.get(k, v) for arm in arms.values()], n_seeds)
+          for k, v in defaults.items()}
+    result = train_grid(shared, model, data, hp, key_model, stop=False)
+    values = grid_scores(shared, model, result, data)
+    results = {name: (model, jax.tree.map(lambda a, i=i: a[i * n_seeds:(i + 1) * n_seeds], result),
+                      data, {k: v[i * n_seeds:(i + 1) * n_seeds] for k, v in values.items()})
+               for i, name in enumerate(SAME_DATA)}
+    for name, variant, variant_data, stop in (
+            ("more data", more, draw(more, key_data, n_seeds), False),
+            ("early stopping", base, data, True)):
+        variant_model = build_model(variant, variant_data)
+        result = train_grid(variant, variant_model, variant_data, {}, key_model, stop=stop)
+        results[name] = (variant_model, result, variant_data,
+                         grid_scores(variant, variant_model, result, variant_data))
+    results = {name: results[name] for name in REMEDIES}
+    rows = [{"remedy": name, **row} for name, r in results.items()
+            for row in _rows({"seed": range(n_seeds)}, r[3])]
     name = "accuracy" if data.task == "classification" else "mse"
     test = "test_risk" if name == "mse" else f"test_{name}"
     fig, (ax,) = panels(1, size=(7, 4.2))
     ComparisonDisplay(list(REMEDIES), {
-        "train": np.stack([r[4][f"train_{name}"] for r in results.values()]),
-        "test": np.stack([r[4][test] for r in results.values()])},
+        "train": np.stack([r[3][f"train_{name}"] for r in results.values()]),
+        "test": np.stack([r[3][test] for r in results.values()])},
         ylabel=name if name == "accuracy" else "mean squared error (test: vs truth f)",
         title=scenario.title or "Remedies for overfitting").plot(ax=ax)
     figures = {"remedies": fig}
@@ -570,7 +595,7 @@ def _remedy_fits(scenario: Scenario, results: dict) -> Any:
     grid_x = jnp.linspace(*domain, 300)[:, None]
     fig, axes = panels(len(results), size=(4.2, 3.4), sharey=True,
                        title="First seed under each remedy")
-    for ax, (name, (_, model, result, data, values)) in zip(axes, results.items()):
+    for ax, (name, (model, result, data, values)) in zip(axes, results.items()):
         first = jax.tree.map(lambda a: a[0], (result.params, result.state))
         d0 = jax.tree.map(lambda a: a[0], data)
         pred = model.apply(*first, grid_x)

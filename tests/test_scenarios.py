@@ -35,6 +35,15 @@ def test_every_scenario_runs_shrunk(path, tmp_path):
     rows = list(csv.DictReader((folder / "results.csv").open()))
     assert rows, "empty results table"
     assert not list(tmp_path.glob(".*partial")), "a partial folder was left behind"
+    if path.stem == "remedies":  # four arms share one call: each got its own hparams
+        sizes = {arm: {int(float(r["n_params"])) for r in rows if r["remedy"] == arm}
+                 for arm in experiments.REMEDIES}
+
+        def mlp_1ww1(w):
+            return {(w + w) + (w * w + w) + (w + 1)}
+
+        assert sizes == {**dict.fromkeys(experiments.REMEDIES, mlp_1ww1(sc.model.hidden[0])),
+                         "smaller model": mlp_1ww1(sc.sweep.capacity[0])}
 
 
 def test_five_points_pattern_holds_over_many_draws():
@@ -91,6 +100,13 @@ def _raw(sc):
 def test_bad_config_is_rejected_with_a_clear_message(override, message):
     with pytest.raises(ValueError, match=message):
         scenario.load(SCENARIOS[0], [override])
+
+
+def test_remedies_need_an_mlp():
+    sc = scenario.load(SCENARIOS[[p.stem for p in SCENARIOS].index("remedies")],
+                       ["model.kind='polynomial'"])
+    with pytest.raises(ValueError, match=r"needs model.kind='mlp' .* got model.kind='polyn"):
+        experiments.remedies(sc)
 
 
 def test_classification_loss_on_regression_data_is_rejected():
