@@ -16,6 +16,24 @@ threads (jaxlib's CPU LAPACK calls run on them) stretched a 10 s test of batched
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+
+import pytest
 
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# One persistent compilation cache for the whole run, shared by the xdist workers (they
+# inherit this process's environment) and the subprocesses they start: a test that
+# rebuilds a program another test compiled (a fresh optimizer object, a CLI rerun, a
+# notebook's scenario) loads it instead of compiling it again.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="overfit-tests-jax-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN_CACHE and not hasattr(config, "workerinput"):  # the process that made it
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
