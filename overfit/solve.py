@@ -51,12 +51,23 @@ def solve(phi: Array, y: Array, *, ridge: Array | float = 0.0, rcond: float | No
     n, p = phi.shape
     if rcond is None:
         rcond = 10.0 * max(n, p) * float(jnp.finfo(phi.dtype).eps)
-    y2 = y.reshape(n, -1)
     static = isinstance(ridge, (int, float)) and isinstance(rcond, (int, float))
-    if static and ridge == 0 and n >= p:  # a traced ridge or rcond takes the SVD
-        w = _least_squares(float(rcond))(phi[None], y2[None])[0]
-    else:
+    qr = static and ridge == 0 and n >= p  # a traced ridge or rcond takes the SVD
+    return _solve(phi, y, ridge, rcond, qr_rcond=float(rcond) if qr else None)
+
+
+# One program per shape and path: called eagerly (a notebook's solve), the QR path's ~50
+# small ops compiled one by one (3 s) and its custom rules re-traced on every call (0.5 s).
+@functools.partial(jax.jit, static_argnames="qr_rcond")
+def _solve(phi: Array, y: Array, ridge: Array | float, rcond: Array | float, *,
+           qr_rcond: float | None) -> Array:
+    """:func:`solve` by QR with cutoff ``qr_rcond``, or by the SVD when it is None."""
+    n, p = phi.shape
+    y2 = y.reshape(n, -1)
+    if qr_rcond is None:
         w = _svd_solve(phi, y2, ridge, rcond)
+    else:
+        w = _least_squares(qr_rcond)(phi[None], y2[None])[0]
     return w.reshape((p, *y.shape[1:]))
 
 
