@@ -342,10 +342,11 @@ def five_points(scenario: Scenario) -> tuple[Rows, Figures]:
     fig, axes = panels(2, sharey=True, title=scenario.title or "Same five points, two models")
     rows = []
     x64 = use_x64(scenario, closed_form=True)
+    fit_data = _in_precision(data, x64)
     with jax.enable_x64(x64):
         for ax, degree in zip(axes, (1, 6)):
-            err, n_params, curve = _polynomial_fit(key, _in_precision(data, x64), grid_x,
-                                                   degree=degree, domain=domain)
+            err, n_params, curve = _polynomial_fit(key, fit_data, grid_x, degree=degree,
+                                                   domain=domain)
             n_params = int(n_params)
             rows.append({"model": f"degree {degree}", "n_params": n_params,
                          **{k: float(v) for k, v in err.items()}})
@@ -546,8 +547,7 @@ def remedies(scenario: Scenario) -> tuple[Rows, Figures]:
                          f"and the drop rate); got model.kind={scenario.model.kind!r}.")
     replace, n_seeds = dataclasses.replace, scenario.sweep.seeds
     key_data, key_model = _keys(scenario)
-    no_sweep = replace(scenario.sweep, capacity=[])
-    base = replace(scenario, sweep=no_sweep)
+    base = replace(scenario, sweep=replace(scenario.sweep, capacity=[]))
     # dropout compiled in for all four arms; a member's rate of 0 drops nothing
     shared = replace(base, model=replace(scenario.model, drop_rate=_require(scenario,
                                                                           "drop_rate")[0]))

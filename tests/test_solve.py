@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from overfit.clock import CompileClock
 from overfit.models import mlp, polynomial
 from overfit.solve import fit_linear, solve
 
@@ -270,8 +271,6 @@ def test_an_eager_solve_compiles_one_program_per_shape(shape):
     """Outside jit (a notebook's solve) each path is one compiled program, reused for new
     values of the same shape: run op by op, the QR path compiled 53 programs (3 s) and
     re-traced on every call (0.5 s)."""
-    from overfit.clock import CompileClock
-
     rng = np.random.default_rng(3)
     phi, y = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (shape, shape[:1]))
     phi2 = 2.0 * phi
