@@ -26,6 +26,7 @@ from overfit.data import (
     regression,
     resample,
     sphere,
+    subsample,
 )
 from overfit.data import (
     linear as linear_data,
@@ -44,6 +45,7 @@ __all__ = [
     "CurveDisplay", "FitDisplay", "save_figure",
     "REAL_DATASETS", "SHAPES", "TARGETS", "Dataset", "bootstrap_indices", "classification",
     "linear_data", "make_classification_preset", "real", "regression", "resample", "sphere",
+    "subsample",
     "load_mnist_arrays", "mnist", "read_idx",
     "EarlyStopping", "StopState", "never", "patience", "prechelt",
     "Model", "dropout", "legendre", "linear", "mlp", "polynomial", "random_features",

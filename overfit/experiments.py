@@ -67,6 +67,66 @@ def draw(scenario: Scenario, key: jax.Array, n_draws: int) -> datasets.Dataset:
     return jax.vmap(sample)(jax.random.split(key, n_draws))
 
 
+class Sized(NamedTuple):
+    """Training sets of several sizes as ONE padded batch, so one compiled solve fits all.
+
+    Repeat ``s`` at size ``sizes[i]`` is draw ``index[i, s]`` of ``data``, whose
+    training split has ``max(sizes)`` rows; it trains and is scored on the rows
+    where ``weight[i]`` is 1 (its first ``sizes[i]``) and on nothing else.
+    """
+
+    data: datasets.Dataset  # (D, max(sizes), ...) draws
+    index: np.ndarray  # (len(sizes), S) int
+    weight: np.ndarray  # (len(sizes), max(sizes)) of 0 / 1
+    sizes: list[int]
+
+    def at(self, i: int) -> datasets.Dataset:
+        """The ``S`` data sets of size ``sizes[i]``, unpadded: ``(S, sizes[i], ...)``."""
+        d, n = take(self.data, self.index[i]), self.sizes[i]
+        return dataclasses.replace(d, x_train=d.x_train[:, :n], y_train=d.y_train[:, :n],
+                                   f_train=d.f_train[:, :n])
+
+
+def draw_sized(scenario: Scenario, key: jax.Array, n_draws: int, sizes: list[int]) -> Sized:
+    """``n_draws`` training sets at every size in ``sizes`` (``sweep.n_train``).
+
+    A generator's sets are nested: size n is the first n rows of one draw at the
+    largest size, which is what separate draws with the same key give too (JAX's
+    partitionable PRNG); a ``grid`` of inputs depends on n and is drawn per size.
+    A fixed data set (``preset``, ``real``) gives each repeat a random subset of
+    its training split, nested likewise (:func:`overfit.data.subsample`).
+    Validation and test splits are the same at every size.
+    """
+    d, n_max, replace = scenario.data, max(sizes), dataclasses.replace
+    weight = (np.arange(n_max) < np.asarray(sizes)[:, None]).astype(np.float32)
+    index = np.broadcast_to(np.arange(n_draws), (len(sizes), n_draws))
+    if d.source in ("preset", "real"):
+        full = draw(scenario, key, 1)
+        if n_max > full.n_train:
+            raise ValueError(f"sweep.n_train={list(sizes)} asks for up to {n_max} training "
+                             f"points; data.source={d.source!r} has {full.n_train} in its "
+                             "training split.")
+        data = jax.vmap(datasets.subsample, in_axes=(0, None, None))(
+            jax.random.split(key, n_draws), full, n_max)
+    elif d.source == "regression" and d.x_dist == "grid":
+        parts = [_pad_train(draw(replace(scenario, data=replace(d, n_train=n)), key, n_draws),
+                            n_max) for n in sizes]
+        data = jax.tree.map(lambda *a: np.concatenate(a), *parts)
+        index = np.arange(len(sizes) * n_draws).reshape(len(sizes), n_draws)
+    else:
+        data = draw(replace(scenario, data=replace(d, n_train=n_max)), key, n_draws)
+    return Sized(data, index, weight, list(sizes))
+
+
+def _pad_train(data: datasets.Dataset, n: int) -> datasets.Dataset:
+    """A batch of data sets with zero rows appended to the training split, up to ``n``."""
+    def pad(a):
+        a = np.asarray(a)
+        return np.pad(a, [(0, 0), (0, n - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+    return dataclasses.replace(data, x_train=pad(data.x_train), y_train=pad(data.y_train),
+                               f_train=pad(data.f_train))
+
+
 def build_model(scenario: Scenario, data: datasets.Dataset) -> models.Model:
     """The scenario's model, sized for ``data`` (inputs, classes) and its largest capacity."""
     m, n_in = scenario.model, data.n_features
@@ -143,12 +203,14 @@ def member_data(data: datasets.Dataset, n_members: int, n_draws: int,
 
 def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
                hparams: dict[str, np.ndarray], key: jax.Array, *, stop: bool = True,
-               draw_index: np.ndarray | None = None):
+               draw_index: np.ndarray | None = None, weight: np.ndarray | None = None):
     """Train every (grid point x repeat) member in one call; leading axis M = G * S.
 
     ``hparams`` holds flat ``(M,)`` values (empty: S repeats); member ``m``
     trains on data draw ``draw_index[m]`` (default: repeat ``s`` of every grid
     point uses draw ``s``), so grid points are compared on the same data.
+    ``weight`` (``(M, n_train)``, closed form only) weighs each member's
+    training points (0/1: the rows a padded size uses, :class:`Sized`).
     ``stop=False`` ignores the early-stopping section (to compare with and
     without). Returns a :class:`FitResult`, or :class:`Solved` for closed form.
     """
@@ -158,7 +220,9 @@ def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
     x64 = use_x64(scenario)
     if t.method == "closed_form":
         index = draw_indices(data, n_members, n_seeds, draw_index)
-        return _solve_grid(model, data, hparams, keys, t.l2, index, x64=x64)
+        return _solve_grid(model, data, hparams, keys, t.l2, index, weight, x64=x64)
+    if weight is not None:
+        raise ValueError("training-point weights need train.method='closed_form'.")
     data = _in_precision(member_data(data, n_members, n_seeds, draw_index), x64)
     hparams = dict(hparams)
     if t.input_noise:
@@ -171,17 +235,20 @@ def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
                    chunk_size=scenario.sweep.chunk_size or None)
 
 
-def scores(model: models.Model, params, state, data: datasets.Dataset) -> dict[str, jax.Array]:
+def scores(model: models.Model, params, state, data: datasets.Dataset,
+           weight: jax.Array | None = None) -> dict[str, jax.Array]:
     """Metrics of ONE model on every split: MSE for regression, accuracy for
     classification; and the test outputs against the truth f: ``test_risk``
-    (MSE vs f) or ``test_accuracy_clean`` (vs the labels before label noise)."""
+    (MSE vs f) or ``test_accuracy_clean`` (vs the labels before label noise).
+    ``weight`` ``(n_train,)`` weighs the training points (the rows a padded size uses)."""
     loss = default_loss(model, data)
     name = "accuracy" if data.task == "classification" else "mse"
     result = {}
     for split in ("train", "val", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         out = model.apply(params, state, x)  # one forward pass per split
-        result[f"{split}_{name}"] = score_outputs(out, y, loss, data.task)[1]
+        w = weight if split == "train" else None
+        result[f"{split}_{name}"] = score_outputs(out, y, loss, data.task, w)[1]
     truth = "test_risk" if data.task == "regression" else "test_accuracy_clean"
     result[truth] = score_outputs(out, data.f_test, loss, data.task)[1]
     return result
@@ -235,27 +302,31 @@ def _width(model: models.Model) -> int:
     return max(max(a.shape, default=1) for a in jax.tree.leaves(shapes))
 
 
-def _solve_grid(model, data, hparams, keys, ridge, draw_index=None, *, x64: bool = True
-                ) -> Solved:
+def _solve_grid(model, data, hparams, keys, ridge, draw_index=None, weight=None, *,
+                x64: bool = True) -> Solved:
     """Closed-form fits of every member, as batched solves (in float64 when ``x64``)."""
 
     def one(member, d):
-        key, hp = member
+        key, hp, w = member
         params, state = model.init(key, **{k: v for k, v in hp.items() if k in model.hparams})
-        return fit_linear(model, state, d.x_train, d.y_train, ridge=hp.get("l2", ridge)), state
+        return fit_linear(model, state, d.x_train, d.y_train, ridge=hp.get("l2", ridge),
+                          weight=w), state
 
     with jax.enable_x64(x64):
-        return Solved(*_per_member(_in_precision(data, x64), (keys, hparams), one,
+        return Solved(*_per_member(_in_precision(data, x64), (keys, hparams, weight), one,
                                    width=_width(model),
                                    draw_index=draw_index))
 
 
 def grid_scores(scenario: Scenario, model: models.Model, result, data,
-                draw_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                draw_index: np.ndarray | None = None, weight: np.ndarray | None = None
+                ) -> dict[str, np.ndarray]:
     """Per-member metrics ``(M,)`` of a ``train_grid`` result (closed form or trained).
 
-    A trained result adds ``diverged_epoch`` (-1: never); the metrics of a
-    member that diverged are NaN, so no mean or plot takes them silently.
+    ``weight`` is ``train_grid``'s: the training metric averages over each
+    member's own points. A trained result adds ``diverged_epoch`` (-1: never);
+    the metrics of a member that diverged are NaN, so no mean or plot takes
+    them silently.
     """
     n = jax.tree.leaves(result.params)[0].shape[0]
     draw_index = draw_indices(data, n, scenario.sweep.seeds, draw_index)
@@ -264,11 +335,11 @@ def grid_scores(scenario: Scenario, model: models.Model, result, data,
         data = _in_precision(data, x64)
 
         def one(member, d):
-            params, state = member
-            return {"n_params": model.n_params(state), **scores(model, params, state, d)}
+            params, state, w = member
+            return {"n_params": model.n_params(state), **scores(model, params, state, d, w)}
 
-        values = _per_member(data, (result.params, result.state), one, width=_width(model),
-                             draw_index=draw_index)
+        values = _per_member(data, (result.params, result.state, weight), one,
+                             width=_width(model), draw_index=draw_index)
     values = {k: np.asarray(v) for k, v in values.items()}
     if isinstance(result, FitResult):
         diverged = np.asarray(result.diverged_epoch).reshape(-1)
@@ -497,16 +568,31 @@ def validation_curve(scenario: Scenario) -> tuple[Rows, Figures]:
 def learning_curves(scenario: Scenario) -> tuple[Rows, Figures]:
     """Train and validation error vs n_train, one panel per capacity (weak vs strong).
 
-    Every ``sweep.n_train`` value draws ``sweep.seeds`` fresh training sets and
-    trains all (capacity x draw) members in one call; the gap between the
-    curves is what more data closes.
+    Every ``sweep.n_train`` value has ``sweep.seeds`` training sets (nested
+    across sizes, :func:`draw_sized`); the gap between the curves is what more
+    data closes. Closed-form fits of every (size x capacity x set) member are
+    one call, the sizes padded to the largest; a training loop is compiled per size.
     """
     sizes = _require(scenario, "n_train")
     n_seeds = scenario.sweep.seeds
-    sweeps = [_sweep(dataclasses.replace(scenario, data=dataclasses.replace(
-        scenario.data, n_train=n)), None, scenario.sweep.capacity or None) for n in sizes]
-    caps, column = sweeps[0].swept, sweeps[0].model.capacity
-    values = {k: np.concatenate([sw.values[k] for sw in sweeps]) for k in sweeps[0].values}
+    key_data, key_model = _keys(scenario)
+    sized = draw_sized(scenario, key_data, n_seeds, sizes)
+    model = build_model(scenario, sized.data)
+    caps, column = scenario.sweep.capacity or [_own_capacity(model)], model.capacity
+    if scenario.train.method == "closed_form":
+        flat, _ = grid(size=range(len(sizes)), value=caps, seed=range(n_seeds))
+        draw_index, weight = sized.index[flat["size"], flat["seed"]], sized.weight[flat["size"]]
+        result = train_grid(scenario, model, sized.data, {column: flat["value"]}, key_model,
+                            draw_index=draw_index, weight=weight)
+        values = grid_scores(scenario, model, result, sized.data, draw_index, weight)
+    else:
+        flat, _ = grid(value=caps, seed=range(n_seeds))
+        parts = []
+        for i in range(len(sizes)):
+            data = sized.at(i)
+            result = train_grid(scenario, model, data, {column: flat["value"]}, key_model)
+            parts.append(grid_scores(scenario, model, result, data))
+        values = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     rows = _rows({"n_train": sizes, column: caps, "seed": range(n_seeds)}, values)
     name = "accuracy" if "train_accuracy" in values else "mse"
     sign = -1 if name == "accuracy" else 1  # the gap is positive when overfitting
@@ -662,11 +748,16 @@ def bias_variance(scenario: Scenario) -> tuple[Rows, Figures]:
     resamples of a fixed data set's training split) x m initialisations
     (``sweep.inits``) per grid point, predicting at one shared test set; a
     generator's truth ``f`` separates the noise exactly. A model knob
-    (``capacity``, ``l2``) is one axis of one training call; a data knob
-    (``n_train``, ``noise``, ``flip``) draws new data, one call per value.
+    (``capacity``, ``l2``) is one axis of one training call, and so are
+    closed-form fits at every ``n_train`` (nested sets padded to one shape,
+    :func:`draw_sized`; a fixed data set's are random subsets, not resamples);
+    otherwise a data knob (``noise``, ``flip``, a trained ``n_train``) is one
+    call per value.
     """
     field, values = _sweep_axis(scenario)
-    if field in DATA_AXES:
+    if field == "n_train":
+        column, (terms, n_params) = field, _decomposition_sizes(scenario, values)
+    elif field in DATA_AXES:
         column, terms, n_params = field, [], []
         for v in values:
             variant = dataclasses.replace(scenario, data=dataclasses.replace(
@@ -701,15 +792,50 @@ def _decomposition_grid(scenario: Scenario, field: str | None
         knob, values = (model.capacity if field == "capacity" else field), getattr(
             scenario.sweep, field)
     flat, _ = grid(value=values, seed=range(n_sets), init=range(n_inits))
-    result = train_grid(scenario, model, data, {knob: flat["value"]}, key_model,
-                        draw_index=flat["seed"])
+    return knob, *_terms(scenario, model, data, {knob: flat["value"]}, key_model,
+                         flat["seed"], len(values))
+
+
+def _decomposition_sizes(scenario: Scenario, sizes: list[int]
+                         ) -> tuple[list[dict[str, Any]], list[int]]:
+    """Terms and parameter counts at every training-set size in ``sizes``."""
+    key_data, key_model = _keys(scenario)
+    n_sets, n_inits = scenario.sweep.seeds, scenario.sweep.inits
+    sized = draw_sized(scenario, key_data, n_sets, sizes)
+    model = build_model(scenario, sized.data)
+    own = _own_capacity(model)
+    if scenario.train.method == "closed_form":
+        flat, _ = grid(size=range(len(sizes)), seed=range(n_sets), init=range(n_inits))
+        return _terms(scenario, model, datasets.shared_test(sized.data),
+                      {model.capacity: np.full(len(flat["seed"]), own)}, key_model,
+                      sized.index[flat["size"], flat["seed"]], len(sizes),
+                      sized.weight[flat["size"]])
+    flat, _ = grid(seed=range(n_sets), init=range(n_inits))
+    terms, n_params = [], []
+    for i in range(len(sizes)):
+        t, p = _terms(scenario, model, datasets.shared_test(sized.at(i)),
+                      {model.capacity: np.full(len(flat["seed"]), own)}, key_model,
+                      flat["seed"], 1)
+        terms, n_params = terms + t, n_params + p
+    return terms, n_params
+
+
+def _terms(scenario: Scenario, model: models.Model, data: datasets.Dataset,
+           hparams: dict[str, np.ndarray], key: jax.Array, draw_index: np.ndarray,
+           n_values: int, weight: np.ndarray | None = None
+           ) -> tuple[list[dict[str, Any]], list[int]]:
+    """Train a grid whose members are ordered (value, set, init) in one call and
+    decompose each of its ``n_values`` points: (terms, parameter counts) per value."""
+    n_inits = scenario.sweep.inits
+    result = train_grid(scenario, model, data, hparams, key, draw_index=draw_index,
+                        weight=weight)
     preds = predictions(model, result, data.x_test[0])
-    preds = preds.reshape(len(values), n_sets * n_inits, *preds.shape[1:])
+    preds = preds.reshape(n_values, -1, *preds.shape[1:])
     # only a generator knows its noise; for a fixed data set it stays inside the bias
     noise_var = scenario.data.noise**2 if scenario.data.source in ("regression", "linear") else 0.0
     terms = [_decompose(data, p, noise_var, n_inits) for p in preds]
-    n_params = np.asarray(jax.vmap(model.n_params)(result.state)).reshape(len(values), -1)[:, 0]
-    return knob, terms, [int(n) for n in n_params]
+    n_params = np.asarray(jax.vmap(model.n_params)(result.state)).reshape(n_values, -1)[:, 0]
+    return terms, [int(n) for n in n_params]
 
 
 def _bias_variance_figure(scenario, column, values, terms) -> Any:
@@ -772,18 +898,19 @@ def _min_norm_member(model: models.Model, isotropic: bool, r2: float) -> Callabl
     """
 
     def one(member, d):
-        key, value, lam, coef_key = member
+        key, value, lam, coef_key, weight = member
         b = None
         if isotropic:
             d, b = _signal_on_first(d, value, coef_key, r2)
         params, state = model.init(key, **{model.capacity: value})
-        params = fit_linear(model, state, d.x_train, d.y_train, ridge=lam)
+        params = fit_linear(model, state, d.x_train, d.y_train, ridge=lam, weight=weight)
         if b is None:
             risk = jnp.mean((model.apply(params, state, d.x_test) - d.f_test) ** 2)
         else:
             risk = jnp.sum((params["coef"] - b) ** 2)
         fitted = model.apply(params, state, d.x_train)
-        return {"test_risk": risk, "train_mse": jnp.mean((fitted - d.y_train) ** 2),
+        train_mse = score_outputs(fitted, d.y_train, "mse", "regression", weight)[1]
+        return {"test_risk": risk, "train_mse": train_mse,
                 "coef_norm2": jnp.sum(params["coef"] ** 2)}
 
     return one
@@ -796,7 +923,7 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
     adds the epoch-wise curves (:func:`_double_descent_trained`). Otherwise, min-norm:
     ``sweep.capacity`` sweeps the parameters P (features N, or inputs p) at
     fixed n in one batched call; ``sweep.n_train`` sweeps n at fixed P ("more
-    data can hurt"), one compile per n. With the isotropic linear source and
+    data can hurt"), also in one call (:func:`draw_sized`). With the isotropic linear source and
     model the exact finite-sample and asymptotic theory are overlaid;
     ``sweep.l2`` adds ridge curves (a grid axis of the same call) and
     ``sweep.noise`` one set of curves per noise level (the peak grows with it).
@@ -836,38 +963,36 @@ def _min_norm_grid(scenario: Scenario, values: list, ridges: list, sample_wise: 
     |coef|^2, each ``(len(ridges), len(values), seeds)``; and the swept column's name."""
     key_data, key_model, key_coef = jax.random.split(jax.random.key(scenario.seed), 3)
     n_sets = scenario.sweep.seeds
-    column = "n_train"
-    parts = []
-    for n_train in (values if sample_wise else [scenario.data.n_train]):
-        variant = dataclasses.replace(scenario, data=dataclasses.replace(
-            scenario.data, n_train=n_train))
-        data = draw(variant, key_data, n_sets)
-        caps = values
-        if sample_wise:  # the model at its full capacity
-            caps = [_own_capacity(build_model(variant, data))]
+    if sample_wise:  # every n in one call: nested sets padded to the largest
+        sized = draw_sized(scenario, key_data, n_sets, values)
+        data, caps = sized.data, [_own_capacity(build_model(scenario, sized.data))]
+        flat, _ = grid(l2=ridges, size=range(len(values)), value=caps, seed=range(n_sets))
+        draw_index, weight = sized.index[flat["size"], flat["seed"]], sized.weight[flat["size"]]
+    else:
+        data, caps = draw(scenario, key_data, n_sets), values
         flat, _ = grid(l2=ridges, value=caps, seed=range(n_sets))
-        m = len(flat["seed"])
-        members = (jax.random.split(key_model, m), flat["value"], flat["l2"],
-                   jax.random.split(key_coef, m))
-        out: dict[str, np.ndarray] = {}
-        # one compile per group of similar capacities: a member pays at most twice its cost
-        for group in shape_groups(caps):
-            sub = dataclasses.replace(variant, sweep=dataclasses.replace(
-                variant.sweep, capacity=group))
-            # the isotropic signal lives on the first `value` inputs: the rest can go
-            d = _first_inputs(data, max(group)) if isotropic else data
-            model = build_model(sub, d)
-            column = column if sample_wise else model.capacity
-            index = np.flatnonzero(np.isin(flat["value"], group))
-            x64 = use_x64(scenario, closed_form=True)
-            with jax.enable_x64(x64):
-                part = _per_member(_in_precision(d, x64), take(members, index),
-                                   _min_norm_member(model, isotropic, scenario.data.r2),
-                                   width=_width(model), draw_index=flat["seed"][index])
-            for k, v in part.items():
-                out.setdefault(k, np.empty(m))[index] = np.asarray(v)
-        parts.append({k: v.reshape(len(ridges), len(caps), n_sets) for k, v in out.items()})
-    return column, {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+        draw_index, weight = flat["seed"], None
+    m, column = len(flat["seed"]), "n_train"
+    members = (jax.random.split(key_model, m), flat["value"], flat["l2"],
+               jax.random.split(key_coef, m), weight)
+    out: dict[str, np.ndarray] = {}
+    # one compile per group of similar capacities: a member pays at most twice its cost
+    for group in shape_groups(caps):
+        sub = dataclasses.replace(scenario, sweep=dataclasses.replace(
+            scenario.sweep, capacity=group))
+        # the isotropic signal lives on the first `value` inputs: the rest can go
+        d = _first_inputs(data, max(group)) if isotropic else data
+        model = build_model(sub, d)
+        column = column if sample_wise else model.capacity
+        index = np.flatnonzero(np.isin(flat["value"], group))
+        x64 = use_x64(scenario, closed_form=True)
+        with jax.enable_x64(x64):
+            part = _per_member(_in_precision(d, x64), take(members, index),
+                               _min_norm_member(model, isotropic, scenario.data.r2),
+                               width=_width(model), draw_index=draw_index[index])
+        for k, v in part.items():
+            out.setdefault(k, np.empty(m))[index] = np.asarray(v)
+    return column, {k: v.reshape(len(ridges), len(values), n_sets) for k, v in out.items()}
 
 
 def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:

@@ -33,7 +33,8 @@ from overfit._checks import check_range
 from overfit.models import Model, Params, State
 
 
-def solve(phi: Array, y: Array, *, ridge: Array | float = 0.0, rcond: float | None = None) -> Array:
+def solve(phi: Array, y: Array, *, ridge: Array | float = 0.0, rcond: float | None = None,
+          weight: Array | None = None) -> Array:
     """Minimise ``(1/2n)|phi w - y|^2 + (ridge/2)|w|^2``; min-norm when ``ridge = 0``.
 
     Args:
@@ -41,7 +42,13 @@ def solve(phi: Array, y: Array, *, ridge: Array | float = 0.0, rcond: float | No
         y: targets, ``(n,)`` or ``(n, k)``.
         ridge: penalty lambda >= 0 (may be traced); the solution is
             ``(phi'phi + n lambda I)^-1 phi'y``, the GROUND_TRUTH §2 convention.
-        rcond: relative singular-value cutoff for the ``ridge = 0`` case.
+        rcond: relative singular-value cutoff for the ``ridge = 0`` case
+            (default from ``n``, the rows of ``phi``, weighted or not).
+        weight: per-row weights ``(n,)`` >= 0 (may be traced): minimise the
+            weighted mean ``(1/2 sum w) sum_i w_i (phi_i w - y_i)^2`` plus the
+            penalty, so ``sum w`` takes the place of ``n``. Rows of weight 0
+            drop out exactly: training sets of several sizes padded to one
+            shape share one compiled solve.
 
     Returns:
         ``w`` of shape ``(P,)`` or ``(P, k)``: for full column rank and no ridge
@@ -49,21 +56,31 @@ def solve(phi: Array, y: Array, *, ridge: Array | float = 0.0, rcond: float | No
     """
     check_range("ridge", ridge, lo=0.0)
     n, p = phi.shape
+    if weight is not None:
+        if jnp.shape(weight) != (n,):
+            raise ValueError(f"weight has shape {jnp.shape(weight)}; it needs one value per "
+                             f"row of phi, ({n},).")
+        check_range("weight", weight, lo=0.0)
     if rcond is None:
         rcond = 10.0 * max(n, p) * float(jnp.finfo(phi.dtype).eps)
     static = isinstance(ridge, (int, float)) and isinstance(rcond, (int, float))
     qr = static and ridge == 0 and n >= p  # a traced ridge or rcond takes the SVD
-    return _solve(phi, y, ridge, rcond, qr_rcond=float(rcond) if qr else None)
+    return _solve(phi, y, ridge, rcond, weight, qr_rcond=float(rcond) if qr else None)
 
 
 # One program per shape and path: called eagerly (a notebook's solve), the QR path's ~50
 # small ops compiled one by one (3 s) and its custom rules re-traced on every call (0.5 s).
 @functools.partial(jax.jit, static_argnames="qr_rcond")
-def _solve(phi: Array, y: Array, ridge: Array | float, rcond: Array | float, *,
-           qr_rcond: float | None) -> Array:
+def _solve(phi: Array, y: Array, ridge: Array | float, rcond: Array | float,
+           weight: Array | None, *, qr_rcond: float | None) -> Array:
     """:func:`solve` by QR with cutoff ``qr_rcond``, or by the SVD when it is None."""
     n, p = phi.shape
     y2 = y.reshape(n, -1)
+    if weight is not None:
+        # scaling the rows by sqrt(w) turns the weighted problem into a plain one
+        root = jnp.sqrt(jnp.asarray(weight, phi.dtype))[:, None]
+        phi, y2 = phi * root, y2 * root
+        ridge = ridge * jnp.sum(weight) / n  # the solvers multiply the ridge by n
     if qr_rcond is None:
         w = _svd_solve(phi, y2, ridge, rcond)
     else:
@@ -170,7 +187,8 @@ def _qr_batch(phi: Array, y: Array, rcond: float) -> Array:
 
 
 def fit_linear(
-    model: Model, state: State, x: Array, y: Array, *, ridge: Array | float = 0.0
+    model: Model, state: State, x: Array, y: Array, *, ridge: Array | float = 0.0,
+    weight: Array | None = None,
 ) -> Params:
     """Closed-form parameters of a linear-in-parameters ``model`` on ``(x, y)``.
 
@@ -179,6 +197,8 @@ def fit_linear(
         state: that model's state (capacity, feature weights).
         x: inputs ``(n, d)``; y: targets ``(n,)``.
         ridge: L2 strength lambda (see :func:`solve`).
+        weight: per-point weights ``(n,)`` >= 0 (see :func:`solve`); a 0/1
+            mask trains on the points it keeps.
 
     Returns:
         ``{"coef": w}`` usable with ``model.apply``.
@@ -186,4 +206,4 @@ def fit_linear(
     if model.features is None:
         raise ValueError("fit_linear needs a model linear in its parameters "
                          "(polynomial, random_features, linear); got an MLP.")
-    return {"coef": solve(model.features(state, x), y, ridge=ridge)}
+    return {"coef": solve(model.features(state, x), y, ridge=ridge, weight=weight)}

@@ -147,15 +147,21 @@ def _objective_and_outputs(model: Model, loss: str | Loss) -> Callable[..., tupl
     return f
 
 
-def score_outputs(out: Array, y: Array, loss: str | Loss, task: str) -> tuple[Array, Array]:
-    """``(loss, metric)`` of model outputs ``out`` against ``y``; NaN on an empty split."""
+def score_outputs(out: Array, y: Array, loss: str | Loss, task: str,
+                  weight: Array | None = None) -> tuple[Array, Array]:
+    """``(loss, metric)`` of model outputs ``out`` against ``y``; NaN on an empty split.
+
+    ``weight`` (``(n,)``, >= 0) makes both weighted means: a 0/1 mask scores
+    the points it keeps.
+    """
     if not y.shape[0]:
         return jnp.asarray(jnp.nan), jnp.asarray(jnp.nan)
-    value = jnp.mean(_per_example(loss)(out, y))
+    mean = jnp.mean if weight is None else lambda v: jnp.sum(weight * v) / jnp.sum(weight)
+    value = mean(_per_example(loss)(out, y))
     if task == "classification":
         pred = out > 0 if out.ndim == 1 else jnp.argmax(out, axis=-1)
-        return value, jnp.mean(pred == y)
-    return value, jnp.mean((out - y) ** 2)
+        return value, mean(pred == y)
+    return value, mean((out - y) ** 2)
 
 
 def evaluate(model: Model, params: Params, state: State, x: Array, y: Array,

@@ -25,6 +25,7 @@ from overfit.data import (
     regression,
     resample,
     sphere,
+    subsample,
 )
 
 KEY = jax.random.key(0)
@@ -355,6 +356,27 @@ def test_resample_draws_training_rows_with_replacement():
     var = n * (n - 1) * b + n * a - n**2 * a**2
     assert abs(unique.mean() - n * (1 - a)) < 4 * np.sqrt(var / reps)
     assert not np.array_equal(pos[0], pos[1])
+
+
+def test_subsample_keeps_distinct_rows_nested_across_sizes():
+    data = regression(KEY)  # shares the compile of the default configuration
+    keys = jax.random.split(KEY, 3)
+    small = jax.vmap(subsample, in_axes=(0, None, None))(keys, data, 8)
+    large = jax.vmap(subsample, in_axes=(0, None, None))(keys, data, 20)
+    assert small.x_train.shape == (3, 8, 1) and large.x_train.shape == (3, 20, 1)
+    np.testing.assert_array_equal(small.x_train, large.x_train[:, :8])  # nested
+    np.testing.assert_array_equal(large.y_val[2], data.y_val)
+    np.testing.assert_array_equal(large.x_test[0], data.x_test)
+    x0 = np.asarray(data.x_train[:, 0])
+    for draw in range(3):
+        xs = np.asarray(large.x_train[draw, :, 0])
+        assert len(np.unique(xs)) == 20 and np.isin(xs, x0).all()  # without replacement
+        pos = np.searchsorted(np.sort(x0), xs)
+        np.testing.assert_array_equal(np.asarray(data.y_train)[np.argsort(x0)[pos]],
+                                      large.y_train[draw])
+    assert not np.array_equal(large.x_train[0], large.x_train[1])
+    with pytest.raises(ValueError, match=r"n=31 .*\[1, 30\]"):
+        subsample(KEY, data, 31)
 
 
 # ---------------------------------------------------------------------------------- errors

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from overfit import experiments, scenario, theory
+from overfit.clock import CompileClock
 
 
 def _run(kind: str, **sections) -> list[dict]:
@@ -74,6 +78,91 @@ def test_learning_curves_training_error_is_s2_times_one_minus_p_over_n():
     assert mean("val_mse", 100, 8) < mean("val_mse", 100, 1)  # the strong model wins with data
 
 
+def _learning(sizes, method="closed_form", **data):
+    model = {"kind": "polynomial"} if method == "closed_form" else {"kind": "mlp", "hidden": [8]}
+    return scenario.from_dict({
+        "name": "t", "kind": "learning_curves",
+        "data": {"source": "regression", "target": "cos", "noise": 0.3, "n_val": 50,
+                 "n_test": 20, **data},
+        "model": model, "train": {"method": method, "epochs": 20, "eval_every": 10},
+        "sweep": {"capacity": [1, 5] if method == "closed_form" else [2, 4],
+                  "n_train": sizes, "seeds": 4}})
+
+
+@pytest.mark.parametrize("method", ["closed_form", "gradient"])
+def test_learning_curves_equal_separate_runs_at_each_size(method):
+    """Sizes padded into one call (closed form) or sliced from one draw (a training loop)
+    give the numbers of a separate run per size: the same nested training sets, and the
+    padded rows neither fit nor score."""
+    sc = _learning([7, 25], method)
+    rows, figures = experiments.learning_curves(sc)
+    plt.close(figures["learning_curves"])
+    for n in (7, 25):
+        alone = dataclasses.replace(sc, data=dataclasses.replace(sc.data, n_train=n))
+        want = experiments._sweep(alone, None, sc.sweep.capacity).values
+        got = [r for r in rows if r["n_train"] == n]
+        for key in ("train_mse", "val_mse", "test_risk", "n_params"):
+            np.testing.assert_allclose([r[key] for r in got], want[key], rtol=1e-6, atol=1e-9)
+    if method == "closed_form":  # 6 parameters nearly interpolate 7 points
+        small, large = ([r["train_mse"] for r in rows if r["n_train"] == n and r["degree"] == 5]
+                        for n in (7, 25))
+        assert np.mean(small) < 0.3 * np.mean(large)
+
+
+def test_closed_form_learning_curves_compile_once_whatever_the_number_of_sizes():
+    experiments.learning_curves(_learning([12, 40]))  # warm: keys, splits
+    counts = []
+    for sizes in ([10, 41], [8, 16, 24, 32, 39, 50]):
+        with CompileClock() as clock:
+            _, figures = experiments.learning_curves(_learning(sizes))
+        plt.close(figures["learning_curves"])
+        counts.append(clock.compiles)
+    # draw, solve, score: one program each for any number of sizes (a program per size
+    # compiled 3 per size); a new member count adds at most the eager key split
+    assert counts[0] <= 4 and counts[1] <= counts[0] + 1
+
+
+def test_draw_sized_nests_generator_draws_and_pads_a_grid():
+    sc = _learning([5, 9], x_dist="uniform")
+    key = jax.random.key(3)
+    sized = experiments.draw_sized(sc, key, 4, [5, 9])
+    assert sized.data.x_train.shape == (4, 9, 1)
+    np.testing.assert_array_equal(sized.weight, [[1] * 5 + [0] * 4, [1] * 9])
+    for i, n in enumerate((5, 9)):  # what a separate draw of that size gives
+        alone = experiments.draw(dataclasses.replace(sc, data=dataclasses.replace(
+            sc.data, n_train=n)), key, 4)
+        np.testing.assert_array_equal(sized.at(i).x_train, alone.x_train)
+        np.testing.assert_array_equal(sized.at(i).y_val, alone.y_val)
+    grid = experiments.draw_sized(_learning([5, 9], x_dist="grid"), key, 4, [5, 9])
+    assert grid.data.x_train.shape == (8, 9, 1) and grid.index.tolist() == [[0, 1, 2, 3],
+                                                                           [4, 5, 6, 7]]
+    np.testing.assert_allclose(grid.at(0).x_train[2, :, 0], np.linspace(0, 1, 5), atol=1e-7)
+    np.testing.assert_array_equal(grid.data.x_train[0, 5:], 0.0)
+
+
+def test_a_fixed_data_set_learns_on_random_subsets_of_its_training_split():
+    """A real data set has no generator: each repeat trains on a random subset of the
+    training split (not the whole split at every size, which drew flat curves)."""
+    sc = scenario.from_dict({
+        "name": "t", "kind": "learning_curves",
+        "data": {"source": "real", "name": "diabetes", "val_frac": 0.2, "test_frac": 0.2},
+        "model": {"kind": "linear"}, "train": {"method": "closed_form"},
+        "sweep": {"n_train": [12, 40, 240], "seeds": 30}})
+    rows, figures = experiments.learning_curves(sc)
+    plt.close(figures["learning_curves"])
+
+    def mean(key, n):
+        return np.mean([r[key] for r in rows if r["n_train"] == n])
+
+    # 11 parameters: fits 12 points almost exactly, and generalises worse than on 240
+    assert mean("train_mse", 12) < mean("train_mse", 40) < mean("train_mse", 240)
+    assert mean("val_mse", 12) > mean("val_mse", 40) > mean("val_mse", 240)
+    full = experiments.draw(sc, jax.random.key(0), 1)
+    with pytest.raises(ValueError, match=rf"up to 9999 .* has {full.n_train} in its training"):
+        experiments.learning_curves(dataclasses.replace(sc, sweep=dataclasses.replace(
+            sc.sweep, n_train=[12, 9999])))
+
+
 def test_trained_double_descent_interpolates_past_n_times_k_parameters():
     """Square loss on one-hot labels: a width whose parameters are below n x K cannot fit
     20 % flipped labels, one well past it fits every training label (Belkin et al. 2019)."""
@@ -130,6 +219,23 @@ def test_double_descent_noise_levels_match_the_exact_risk_at_each_level():
             assert abs(risk.mean() - want) < 4 * se + 1e-3, (noise, p, risk.mean(), want)
             mean[noise, p] = risk.mean()
     assert mean[1.0, 25] > mean[0.5, 25] and mean[1.0, 100] > mean[0.5, 100]
+
+
+def test_sample_wise_double_descent_matches_the_exact_risk_on_both_sides():
+    """p = 20 inputs, n = 10 and 40 training points in one padded call: the mean risk is
+    GROUND_TRUTH §2's exact formula at each n, the n = 10 fit interpolates its own 10
+    points, and the n = 40 fit's training error is the least-squares s2 (1 - p/n)."""
+    rows = _run("double_descent",
+                data={"source": "linear", "p": 20, "noise": 0.5, "n_val": 0, "n_test": 0},
+                model={"kind": "linear"}, train={"method": "closed_form"},
+                sweep={"n_train": [10, 40], "seeds": 400})
+    for n in (10, 40):
+        risk = np.array([r["test_risk"] for r in rows if r["n_train"] == n])
+        want = theory.min_norm_risk(20, n, 1.0, 0.25)
+        assert abs(risk.mean() - want) < 4 * risk.std(ddof=1) / np.sqrt(len(risk)), (n, want)
+    train = {n: np.mean([r["train_mse"] for r in rows if r["n_train"] == n]) for n in (10, 40)}
+    assert train[10] < 1e-20
+    assert train[40] == pytest.approx(0.25 * (1 - 20 / 40), rel=0.05)
 
 
 def test_train_precision_switches_solves_and_training_between_float32_and_float64():

@@ -182,9 +182,41 @@ def test_traced_rcond_takes_the_svd_path():
     np.testing.assert_allclose(w, np.linalg.pinv(X, rcond=1e-6) @ y, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("n,p", [(25, 6), (6, 15), (15, 15)])
+@pytest.mark.parametrize("ridge", [0.0, 0.3])
+def test_zero_weight_rows_drop_out_exactly(n, p, ridge):
+    """Padding a training set with weight-0 rows changes nothing: least squares, min-norm
+    and ridge (whose n lambda becomes sum(w) lambda) of the first n rows."""
+    X, y = _problem(11, 40, p)
+    mask = (np.arange(40) < n).astype(float)
+    w = solve(jnp.asarray(X), jnp.asarray(y), ridge=ridge, weight=jnp.asarray(mask))
+    want = np.linalg.solve(X[:n].T @ X[:n] + n * ridge * np.eye(p), X[:n].T @ y[:n]) \
+        if ridge or n >= p else np.linalg.pinv(X[:n]) @ y[:n]
+    np.testing.assert_allclose(w, want, rtol=1e-9, atol=1e-11)
+
+
+def test_weighted_least_squares_solves_the_weighted_normal_equations():
+    X, y = _problem(12, 30, 5, k=2)
+    wt = np.random.default_rng(12).uniform(0.1, 3.0, 30)
+    for ridge in (0.0, 0.5):
+        w = solve(jnp.asarray(X), jnp.asarray(y), ridge=ridge, weight=jnp.asarray(wt))
+        want = np.linalg.solve(X.T @ (wt[:, None] * X) + wt.sum() * ridge * np.eye(5),
+                               X.T @ (wt[:, None] * y))
+        np.testing.assert_allclose(w, want, rtol=1e-9)
+    # integer weights are repeated rows
+    counts = np.arange(30) % 3
+    w = solve(jnp.asarray(X), jnp.asarray(y), weight=jnp.asarray(counts, float))
+    rows = np.repeat(np.arange(30), counts)
+    np.testing.assert_allclose(w, np.linalg.lstsq(X[rows], y[rows], rcond=None)[0], rtol=1e-9)
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="ridge"):
         solve(jnp.ones((4, 2)), jnp.ones(4), ridge=-1.0)
+    with pytest.raises(ValueError, match=r"weight has shape \(3,\); .*\(4,\)"):
+        solve(jnp.ones((4, 2)), jnp.ones(4), weight=jnp.ones(3))
+    with pytest.raises(ValueError, match=r"weight=.* allowed values lie in \[0, inf\)"):
+        solve(jnp.ones((4, 2)), jnp.ones(4), weight=jnp.array([1.0, -1.0, 1.0, 1.0]))
     with pytest.raises(ValueError, match="linear in its parameters"):
         fit_linear(mlp(1, (4,)), {"width": jnp.asarray(4)}, jnp.ones((4, 1)), jnp.ones(4))
 
