@@ -631,6 +631,10 @@ def remedies(scenario: Scenario) -> tuple[Rows, Figures]:
     if scenario.model.kind != "mlp":
         raise ValueError(f"kind='remedies' needs model.kind='mlp' (its arms change the width "
                          f"and the drop rate); got model.kind={scenario.model.kind!r}.")
+    if scenario.data.source in ("preset", "real"):
+        raise ValueError(f"kind='remedies' needs a generating data.source (regression, linear, "
+                         f"classification) for its more-data arm; got "
+                         f"data.source={scenario.data.source!r}, a fixed data set.")
     replace, n_seeds = dataclasses.replace, scenario.sweep.seeds
     key_data, key_model = _keys(scenario)
     base = replace(scenario, sweep=replace(scenario.sweep, capacity=[]))
@@ -692,7 +696,22 @@ def _remedy_fits(scenario: Scenario, results: dict) -> Any:
 
 
 DATA_AXES = ("n_train", "noise", "flip")
-"""Sweep fields that change the data (one draw, and one compile, per value)."""
+"""Sweep fields that change the data (new draws per value; n_train: nested sets)."""
+
+DRAWN_WITH = {"n_train": ("regression", "linear", "classification", "preset", "real"),
+              "noise": ("regression", "linear", "classification"),
+              "flip": ("classification",)}
+"""The data sources that each data knob changes: the others would ignore it."""
+
+
+def check_data_knob(scenario: Scenario, field: str) -> None:
+    """Refuse a varied data knob that ``data.source`` ignores: every value would train
+    on the same data and draw a flat curve that looks like a finding."""
+    sources = DRAWN_WITH[field]
+    if scenario.data.source not in sources:
+        raise ValueError(f"kind={scenario.kind!r} varies data.{field}, which "
+                         f"data.source={scenario.data.source!r} does not use; "
+                         f"use data.source in {list(sources)}.")
 
 
 def _sweep_axis(scenario: Scenario) -> tuple[str, list]:
@@ -703,6 +722,8 @@ def _sweep_axis(scenario: Scenario) -> tuple[str, list]:
         raise ValueError(f"kind={scenario.kind!r} draws the terms against exactly one of "
                          f"sweep.{', sweep.'.join(fields)} (a non-empty list); got "
                          f"{swept or 'none'}.")
+    if swept[0] in DATA_AXES:
+        check_data_knob(scenario, swept[0])
     return swept[0], getattr(scenario.sweep, swept[0])
 
 
@@ -938,6 +959,8 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
     ridges = [0.0, *scenario.sweep.l2]
     isotropic = (scenario.data.source == "linear" and scenario.data.link == "identity"
                  and scenario.model.kind == "linear")
+    if scenario.sweep.noise:
+        check_data_knob(scenario, "noise")
     noises = scenario.sweep.noise or [scenario.data.noise]
     curves: dict[tuple[float, str], dict[str, np.ndarray]] = {}
     for noise in noises:  # the noise level moves the peak: one set of curves each

@@ -101,11 +101,32 @@ def test_bad_config_is_rejected_with_a_clear_message(override, message):
         scenario.load(SCENARIOS[0], [override])
 
 
-def test_remedies_need_an_mlp():
-    sc = scenario.load(SCENARIOS[[p.stem for p in SCENARIOS].index("remedies")],
-                       ["model.kind='polynomial'"])
+def test_remedies_need_an_mlp_and_a_generator():
+    path = SCENARIOS[[p.stem for p in SCENARIOS].index("remedies")]
     with pytest.raises(ValueError, match=r"needs model.kind='mlp' .* got model.kind='polyn"):
-        experiments.remedies(sc)
+        experiments.remedies(scenario.load(path, ["model.kind='polynomial'"]))
+    # a fixed data set has no more data to give: the arm would repeat the baseline
+    with pytest.raises(ValueError, match=r"more-data arm; got data.source='real'"):
+        experiments.remedies(scenario.load(path, ["data.source='real'"]))
+
+
+@pytest.mark.parametrize("kind,sweep,field", [
+    ("bias_variance", "sweep.noise=[0.1, 0.2]", "noise"),
+    ("bias_variance", "sweep.flip=[0.0, 0.1]", "flip"),
+    ("double_descent", "sweep.noise=[0.1, 0.2]", "noise"),
+])
+def test_a_data_knob_the_source_ignores_is_refused(kind, sweep, field):
+    """Sweeping the noise of a fixed data set, or label flips of a regression, would
+    train every value on the same data: a flat curve that looks like a finding."""
+    source = "regression" if field == "flip" else "real"
+    sc = scenario.from_dict(scenario.apply_overrides(
+        {"name": "t", "kind": kind, "train": {"method": "closed_form"},
+         "model": {"kind": "linear"}, "sweep": {"capacity": [] if kind == "bias_variance"
+                                                else [2, 4]}},
+        [f"data.source='{source}'", sweep]))
+    with pytest.raises(ValueError, match=rf"varies data.{field}, which "
+                                         rf"data.source='{source}' does not use"):
+        experiments.EXPERIMENTS[kind](sc)
 
 
 def test_classification_loss_on_regression_data_is_rejected():
