@@ -688,25 +688,31 @@ def resample(key: Array, data: Dataset) -> Dataset:
     )
 
 
-def subsample(key: Array, data: Dataset, n: int) -> Dataset:
-    """A random ``n`` of the training points, drawn without replacement; validation and
-    test are returned unchanged.
+def subsample(key: Array, data: Dataset, n: int, *, replace: bool = False) -> Dataset:
+    """``n`` random training points; validation and test are returned unchanged.
 
-    The points are the first ``n`` of one random permutation, so with the same key a
-    smaller ``n`` keeps a subset of a larger one's points (nested training sets, as
-    scikit-learn's ``learning_curve`` takes them). ``data`` is a single data set; vmap
-    over keys for several subsets.
+    Without replacement the points are the first ``n`` of one random permutation
+    (as scikit-learn's ``learning_curve`` takes them); with ``replace`` they are a
+    bootstrap sample of size ``n``. Either way, with the same key a smaller ``n``
+    keeps the first points of a larger one (nested training sets). ``data`` is a
+    single data set; vmap over keys for several subsets.
 
     Args:
         key: PRNG key.
         data: the data set whose training split is subsampled.
-        n: training points kept, 1 <= n <= ``data.n_train`` (static).
+        n: training points kept, >= 1 and without ``replace`` at most
+            ``data.n_train`` (static).
+        replace: draw with replacement (a bootstrap of size ``n``).
 
     Returns:
         Dataset whose ``x_train``, ``y_train`` and ``f_train`` have ``n`` rows.
     """
-    n = check_int("n", n, lo=1, hi=data.n_train)
-    idx = jax.random.permutation(key, data.n_train)[:n]
+    if replace:
+        n = check_int("n", n, lo=1)
+        idx = jax.random.randint(key, (n,), 0, data.n_train, dtype=jnp.int32)
+    else:
+        n = check_int("n", n, lo=1, hi=data.n_train)
+        idx = jax.random.permutation(key, data.n_train)[:n]
     return dataclasses.replace(
         data, x_train=data.x_train[idx], y_train=data.y_train[idx], f_train=data.f_train[idx]
     )

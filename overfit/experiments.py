@@ -87,14 +87,17 @@ class Sized(NamedTuple):
                                    f_train=d.f_train[:, :n])
 
 
-def draw_sized(scenario: Scenario, key: jax.Array, n_draws: int, sizes: list[int]) -> Sized:
+def draw_sized(scenario: Scenario, key: jax.Array, n_draws: int, sizes: list[int], *,
+               bootstrap: bool = False) -> Sized:
     """``n_draws`` training sets at every size in ``sizes`` (``sweep.n_train``).
 
     A generator's sets are nested: size n is the first n rows of one draw at the
     largest size, which is what separate draws with the same key give too (JAX's
     partitionable PRNG); a ``grid`` of inputs depends on n and is drawn per size.
     A fixed data set (``preset``, ``real``) gives each repeat a random subset of
-    its training split, nested likewise (:func:`overfit.data.subsample`).
+    its training split, nested likewise (:func:`overfit.data.subsample`), or with
+    ``bootstrap`` a bootstrap sample: subsets of a finite pool stop varying as n
+    nears its size, which would read as "no variance" in a decomposition.
     Validation and test splits are the same at every size.
     """
     d, n_max, replace = scenario.data, max(sizes), dataclasses.replace
@@ -102,12 +105,12 @@ def draw_sized(scenario: Scenario, key: jax.Array, n_draws: int, sizes: list[int
     index = np.broadcast_to(np.arange(n_draws), (len(sizes), n_draws))
     if d.source in ("preset", "real"):
         full = draw(scenario, key, 1)
-        if n_max > full.n_train:
+        if n_max > full.n_train and not bootstrap:
             raise ValueError(f"sweep.n_train={list(sizes)} asks for up to {n_max} training "
                              f"points; data.source={d.source!r} has {full.n_train} in its "
                              "training split.")
-        data = jax.vmap(datasets.subsample, in_axes=(0, None, None))(
-            jax.random.split(key, n_draws), full, n_max)
+        data = jax.vmap(functools.partial(datasets.subsample, n=n_max, replace=bootstrap),
+                        in_axes=(0, None))(jax.random.split(key, n_draws), full)
     elif d.source == "regression" and d.x_dist == "grid":
         parts = [_pad_train(draw(replace(scenario, data=replace(d, n_train=n)), key, n_draws),
                             n_max) for n in sizes]
@@ -203,7 +206,8 @@ def member_data(data: datasets.Dataset, n_members: int, n_draws: int,
 
 def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
                hparams: dict[str, np.ndarray], key: jax.Array, *, stop: bool = True,
-               draw_index: np.ndarray | None = None, weight: np.ndarray | None = None):
+               draw_index: np.ndarray | None = None, weight: np.ndarray | None = None,
+               key_index: np.ndarray | None = None):
     """Train every (grid point x repeat) member in one call; leading axis M = G * S.
 
     ``hparams`` holds flat ``(M,)`` values (empty: S repeats); member ``m``
@@ -211,12 +215,15 @@ def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
     point uses draw ``s``), so grid points are compared on the same data.
     ``weight`` (``(M, n_train)``, closed form only) weighs each member's
     training points (0/1: the rows a padded size uses, :class:`Sized`).
+    Member ``m`` initialises from key number ``key_index[m]`` (default ``m``)
+    of a split of ``key``: members with one index start alike (e.g. the same
+    random features at every training-set size).
     ``stop=False`` ignores the early-stopping section (to compare with and
     without). Returns a :class:`FitResult`, or :class:`Solved` for closed form.
     """
     t, n_seeds = scenario.train, scenario.sweep.seeds
     n_members = len(next(iter(hparams.values()))) if hparams else n_seeds
-    keys = jax.random.split(key, n_members)
+    keys = _member_keys(key, n_members if key_index is None else key_index)
     x64 = use_x64(scenario)
     if t.method == "closed_form":
         index = draw_indices(data, n_members, n_seeds, draw_index)
@@ -233,6 +240,19 @@ def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
                    batch_size=t.batch_size or None, hparams=hparams, eval_every=t.eval_every,
                    early_stopping=stopper(scenario) if stop else None,
                    chunk_size=scenario.sweep.chunk_size or None)
+
+
+def _member_keys(key: jax.Array, index: int | np.ndarray) -> jax.Array:
+    """``split(key, index)``, or with an index array the split's keys at ``index``."""
+    if np.ndim(index) == 0:
+        return jax.random.split(key, int(index))
+    index = np.asarray(index)
+    return _split_at(key, index, n=int(index.max()) + 1)
+
+
+@functools.partial(jax.jit, static_argnames="n")
+def _split_at(key: jax.Array, index: jax.Array, *, n: int) -> jax.Array:
+    return jax.random.split(key, n)[index]  # one program, not an eager op per step
 
 
 def scores(model: models.Model, params, state, data: datasets.Dataset,
@@ -580,10 +600,13 @@ def learning_curves(scenario: Scenario) -> tuple[Rows, Figures]:
     model = build_model(scenario, sized.data)
     caps, column = scenario.sweep.capacity or [_own_capacity(model)], model.capacity
     if scenario.train.method == "closed_form":
-        flat, _ = grid(size=range(len(sizes)), value=caps, seed=range(n_seeds))
+        flat, _ = grid(size=range(len(sizes)), value=range(len(caps)), seed=range(n_seeds))
         draw_index, weight = sized.index[flat["size"], flat["seed"]], sized.weight[flat["size"]]
-        result = train_grid(scenario, model, sized.data, {column: flat["value"]}, key_model,
-                            draw_index=draw_index, weight=weight)
+        # a (capacity, set) pair starts alike at every size, as in a run per size
+        result = train_grid(scenario, model, sized.data,
+                            {column: np.asarray(caps)[flat["value"]]}, key_model,
+                            draw_index=draw_index, weight=weight,
+                            key_index=flat["value"] * n_seeds + flat["seed"])
         values = grid_scores(scenario, model, result, sized.data, draw_index, weight)
     else:
         flat, _ = grid(value=caps, seed=range(n_seeds))
@@ -698,10 +721,8 @@ def _remedy_fits(scenario: Scenario, results: dict) -> Any:
 DATA_AXES = ("n_train", "noise", "flip")
 """Sweep fields that change the data (new draws per value; n_train: nested sets)."""
 
-DRAWN_WITH = {"n_train": ("regression", "linear", "classification", "preset", "real"),
-              "noise": ("regression", "linear", "classification"),
-              "flip": ("classification",)}
-"""The data sources that each data knob changes: the others would ignore it."""
+DRAWN_WITH = {"noise": ("regression", "linear", "classification"), "flip": ("classification",)}
+"""The data sources that each noise knob changes (``n_train``: all, :func:`draw_sized`)."""
 
 
 def check_data_knob(scenario: Scenario, field: str) -> None:
@@ -722,7 +743,7 @@ def _sweep_axis(scenario: Scenario) -> tuple[str, list]:
         raise ValueError(f"kind={scenario.kind!r} draws the terms against exactly one of "
                          f"sweep.{', sweep.'.join(fields)} (a non-empty list); got "
                          f"{swept or 'none'}.")
-    if swept[0] in DATA_AXES:
+    if swept[0] in DRAWN_WITH:
         check_data_knob(scenario, swept[0])
     return swept[0], getattr(scenario.sweep, swept[0])
 
@@ -822,7 +843,8 @@ def _decomposition_sizes(scenario: Scenario, sizes: list[int]
     """Terms and parameter counts at every training-set size in ``sizes``."""
     key_data, key_model = _keys(scenario)
     n_sets, n_inits = scenario.sweep.seeds, scenario.sweep.inits
-    sized = draw_sized(scenario, key_data, n_sets, sizes)
+    # a fixed data set's sets are bootstrap samples, as on the decomposition's other axes
+    sized = draw_sized(scenario, key_data, n_sets, sizes, bootstrap=True)
     model = build_model(scenario, sized.data)
     own = _own_capacity(model)
     if scenario.train.method == "closed_form":
@@ -830,7 +852,7 @@ def _decomposition_sizes(scenario: Scenario, sizes: list[int]
         return _terms(scenario, model, datasets.shared_test(sized.data),
                       {model.capacity: np.full(len(flat["seed"]), own)}, key_model,
                       sized.index[flat["size"], flat["seed"]], len(sizes),
-                      sized.weight[flat["size"]])
+                      sized.weight[flat["size"]], flat["seed"] * n_inits + flat["init"])
     flat, _ = grid(seed=range(n_sets), init=range(n_inits))
     terms, n_params = [], []
     for i in range(len(sizes)):
@@ -843,13 +865,14 @@ def _decomposition_sizes(scenario: Scenario, sizes: list[int]
 
 def _terms(scenario: Scenario, model: models.Model, data: datasets.Dataset,
            hparams: dict[str, np.ndarray], key: jax.Array, draw_index: np.ndarray,
-           n_values: int, weight: np.ndarray | None = None
-           ) -> tuple[list[dict[str, Any]], list[int]]:
-    """Train a grid whose members are ordered (value, set, init) in one call and
-    decompose each of its ``n_values`` points: (terms, parameter counts) per value."""
+           n_values: int, weight: np.ndarray | None = None,
+           key_index: np.ndarray | None = None) -> tuple[list[dict[str, Any]], list[int]]:
+    """Train a grid whose members are ordered (value, set, init) in one call
+    (:func:`train_grid`'s arguments) and decompose each of its ``n_values``
+    points: (terms, parameter counts) per value."""
     n_inits = scenario.sweep.inits
     result = train_grid(scenario, model, data, hparams, key, draw_index=draw_index,
-                        weight=weight)
+                        weight=weight, key_index=key_index)
     preds = predictions(model, result, data.x_test[0])
     preds = preds.reshape(n_values, -1, *preds.shape[1:])
     # only a generator knows its noise; for a fixed data set it stays inside the bias
@@ -944,8 +967,8 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
     adds the epoch-wise curves (:func:`_double_descent_trained`). Otherwise, min-norm:
     ``sweep.capacity`` sweeps the parameters P (features N, or inputs p) at
     fixed n in one batched call; ``sweep.n_train`` sweeps n at fixed P ("more
-    data can hurt"), also in one call (:func:`draw_sized`). With the isotropic linear source and
-    model the exact finite-sample and asymptotic theory are overlaid;
+    data can hurt"), also in one call (:func:`draw_sized`). With the isotropic
+    linear source and model the exact finite-sample and asymptotic theory are overlaid;
     ``sweep.l2`` adds ridge curves (a grid axis of the same call) and
     ``sweep.noise`` one set of curves per noise level (the peak grows with it).
     """
@@ -954,6 +977,11 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
         if sample_wise:
             raise ValueError("kind='double_descent' sweeps sweep.n_train with "
                              "train.method='closed_form' only (min-norm solutions).")
+        extra = [f"sweep.{f}" for f in ("noise", "l2") if getattr(scenario.sweep, f)]
+        if extra:
+            raise ValueError(f"kind='double_descent' draws {', '.join(extra)} as extra curves "
+                             "of min-norm fits only (train.method='closed_form'); a trained "
+                             "sweep takes sweep.capacity.")
         return _double_descent_trained(scenario)
     values = scenario.sweep.n_train if sample_wise else _require(scenario, "capacity")
     ridges = [0.0, *scenario.sweep.l2]
@@ -989,15 +1017,19 @@ def _min_norm_grid(scenario: Scenario, values: list, ridges: list, sample_wise: 
     if sample_wise:  # every n in one call: nested sets padded to the largest
         sized = draw_sized(scenario, key_data, n_sets, values)
         data, caps = sized.data, [_own_capacity(build_model(scenario, sized.data))]
-        flat, _ = grid(l2=ridges, size=range(len(values)), value=caps, seed=range(n_sets))
-        draw_index, weight = sized.index[flat["size"], flat["seed"]], sized.weight[flat["size"]]
+        at, _ = grid(l2=range(len(ridges)), size=range(len(values)), value=[0],
+                     seed=range(n_sets))
+        draw_index, weight = sized.index[at["size"], at["seed"]], sized.weight[at["size"]]
     else:
         data, caps = draw(scenario, key_data, n_sets), values
-        flat, _ = grid(l2=ridges, value=caps, seed=range(n_sets))
-        draw_index, weight = flat["seed"], None
-    m, column = len(flat["seed"]), "n_train"
-    members = (jax.random.split(key_model, m), flat["value"], flat["l2"],
-               jax.random.split(key_coef, m), weight)
+        at, _ = grid(l2=range(len(ridges)), value=range(len(caps)), seed=range(n_sets))
+        draw_index, weight = at["seed"], None
+    flat = {"l2": np.asarray(ridges)[at["l2"]], "value": np.asarray(caps)[at["value"]]}
+    m, column = len(at["seed"]), "n_train"
+    # a (ridge, capacity, set) triple starts alike, and has one truth b, at every size
+    same = (at["l2"] * len(caps) + at["value"]) * n_sets + at["seed"]
+    members = (_member_keys(key_model, same), flat["value"], flat["l2"],
+               _member_keys(key_coef, same), weight)
     out: dict[str, np.ndarray] = {}
     # one compile per group of similar capacities: a member pays at most twice its cost
     for group in shape_groups(caps):

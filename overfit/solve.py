@@ -43,7 +43,8 @@ def solve(phi: Array, y: Array, *, ridge: Array | float = 0.0, rcond: float | No
         ridge: penalty lambda >= 0 (may be traced); the solution is
             ``(phi'phi + n lambda I)^-1 phi'y``, the GROUND_TRUTH §2 convention.
         rcond: relative singular-value cutoff for the ``ridge = 0`` case
-            (default from ``n``, the rows of ``phi``, weighted or not).
+            (may be traced); default ``10 max(n, P) eps``, counting only rows
+            of nonzero weight, so padding a design does not move it.
         weight: per-row weights ``(n,)`` >= 0 (may be traced): minimise the
             weighted mean ``(1/2 sum w) sum_i w_i (phi_i w - y_i)^2`` plus the
             penalty, so ``sum w`` takes the place of ``n``. Rows of weight 0
@@ -61,30 +62,34 @@ def solve(phi: Array, y: Array, *, ridge: Array | float = 0.0, rcond: float | No
             raise ValueError(f"weight has shape {jnp.shape(weight)}; it needs one value per "
                              f"row of phi, ({n},).")
         check_range("weight", weight, lo=0.0)
-    if rcond is None:
-        rcond = 10.0 * max(n, p) * float(jnp.finfo(phi.dtype).eps)
-    static = isinstance(ridge, (int, float)) and isinstance(rcond, (int, float))
-    qr = static and ridge == 0 and n >= p  # a traced ridge or rcond takes the SVD
-    return _solve(phi, y, ridge, rcond, weight, qr_rcond=float(rcond) if qr else None)
+    qr = isinstance(ridge, (int, float)) and ridge == 0 and n >= p  # a traced ridge: SVD
+    return _solve(phi, y, ridge, rcond, weight, qr=qr)
 
 
 # One program per shape and path: called eagerly (a notebook's solve), the QR path's ~50
 # small ops compiled one by one (3 s) and its custom rules re-traced on every call (0.5 s).
-@functools.partial(jax.jit, static_argnames="qr_rcond")
-def _solve(phi: Array, y: Array, ridge: Array | float, rcond: Array | float,
-           weight: Array | None, *, qr_rcond: float | None) -> Array:
-    """:func:`solve` by QR with cutoff ``qr_rcond``, or by the SVD when it is None."""
+@functools.partial(jax.jit, static_argnames="qr")
+def _solve(phi: Array, y: Array, ridge: Array | float, rcond: Array | float | None,
+           weight: Array | None, *, qr: bool) -> Array:
+    """:func:`solve` by QR (falling back to the SVD where flagged) or by the SVD."""
     n, p = phi.shape
     y2 = y.reshape(n, -1)
+    rows = n
     if weight is not None:
+        weight = jnp.asarray(weight, phi.dtype)
         # scaling the rows by sqrt(w) turns the weighted problem into a plain one
-        root = jnp.sqrt(jnp.asarray(weight, phi.dtype))[:, None]
+        root = jnp.sqrt(weight)[:, None]
         phi, y2 = phi * root, y2 * root
         ridge = ridge * jnp.sum(weight) / n  # the solvers multiply the ridge by n
-    if qr_rcond is None:
-        w = _svd_solve(phi, y2, ridge, rcond)
+        # the cutoff of the rows in play: padding must not move it
+        rows = jnp.sum(weight > 0)
+    if rcond is None:
+        rcond = 10.0 * jnp.maximum(rows, p) * jnp.finfo(phi.dtype).eps
+    rcond = jnp.asarray(rcond, phi.dtype)
+    if qr:
+        w = _least_squares(phi[None], y2[None], rcond[None])[0]
     else:
-        w = _least_squares(qr_rcond)(phi[None], y2[None])[0]
+        w = _svd_solve(phi, y2, ridge, rcond)
     return w.reshape((p, *y.shape[1:]))
 
 
@@ -103,47 +108,49 @@ def _svd_solve(phi: Array, y: Array, ridge: Array | float, rcond: float) -> Arra
     return vt.T @ (shrink[:, None] * (u.T @ y))
 
 
-def _svd_batch(phi: Array, y: Array, rcond: float) -> Array:
-    """:func:`_svd_solve` least squares of ``(B, n, P)`` designs and ``(B, n, k)`` targets."""
-    return jax.vmap(_svd_solve, in_axes=(0, 0, None, None))(phi, y, 0.0, rcond)
+def _svd_batch(phi: Array, y: Array, rcond: Array) -> Array:
+    """:func:`_svd_solve` least squares of ``(B, n, P)`` designs, ``(B, n, k)`` targets
+    and ``(B,)`` cutoffs."""
+    return jax.vmap(_svd_solve, in_axes=(0, 0, None, 0))(phi, y, 0.0, rcond)
 
 
-@functools.lru_cache(maxsize=16)
-def _least_squares(rcond: float):
-    """``(B, n, P), (B, n, k) -> (B, P, k)`` least squares, batched through any vmap.
+@jax.custom_batching.custom_vmap
+def _many(phi: Array, y: Array, rcond: Array) -> Array:
+    """``(B, n, P), (B, n, k), (B,) -> (B, P, k)`` least squares, batched through any vmap.
 
     A ``custom_vmap`` so that a vmapped sweep reaches :func:`_qr_batch` with all
     its members on one axis: under a plain vmap the SVD fallback would become a
-    ``select`` and run for every member. Differentiable: the JVP is the SVD
-    path's (``custom_vmap`` has no autodiff of its own).
+    ``select`` and run for every member.
     """
-
-    @jax.custom_batching.custom_vmap
-    def many(phi: Array, y: Array) -> Array:
-        return _qr_batch(phi, y, rcond)
-
-    @many.def_vmap
-    def _rule(axis_size: int, in_batched: list[bool], phi: Array, y: Array):
-        phi, y = (a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
-                  for a, b in zip((phi, y), in_batched, strict=True))
-        batch = phi.shape[1]
-        out = many(phi.reshape(-1, *phi.shape[2:]), y.reshape(-1, *y.shape[2:]))
-        return out.reshape(axis_size, batch, *out.shape[1:]), True
-
-    @jax.custom_jvp
-    def least_squares(phi: Array, y: Array) -> Array:
-        return many(phi, y)
-
-    @least_squares.defjvp
-    def _jvp(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
-        # derivatives (and jacfwd's vmap) through the reference path: same function
-        _, tangent = jax.jvp(lambda p, y: _svd_batch(p, y, rcond), primals, tangents)
-        return least_squares(*primals), tangent
-
-    return least_squares
+    return _qr_batch(phi, y, rcond)
 
 
-def _qr_batch(phi: Array, y: Array, rcond: float) -> Array:
+@_many.def_vmap
+def _many_rule(axis_size: int, in_batched: list[bool], phi: Array, y: Array, rcond: Array):
+    phi, y, rcond = (a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
+                     for a, b in zip((phi, y, rcond), in_batched, strict=True))
+    batch = phi.shape[1]
+    out = _many(phi.reshape(-1, *phi.shape[2:]), y.reshape(-1, *y.shape[2:]), rcond.reshape(-1))
+    return out.reshape(axis_size, batch, *out.shape[1:]), True
+
+
+@jax.custom_jvp
+def _least_squares(phi: Array, y: Array, rcond: Array) -> Array:
+    """:func:`_many`, differentiable: the JVP is the SVD path's (``custom_vmap`` has no
+    autodiff of its own)."""
+    return _many(phi, y, rcond)
+
+
+@_least_squares.defjvp
+def _least_squares_jvp(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
+    # derivatives (and jacfwd's vmap) through the reference path: same function; the
+    # cutoff is a threshold, with no derivative
+    phi, y, rcond = primals
+    _, tangent = jax.jvp(lambda p, y: _svd_batch(p, y, rcond), (phi, y), tangents[:2])
+    return _least_squares(*primals), tangent
+
+
+def _qr_batch(phi: Array, y: Array, rcond: Array) -> Array:
     b, n, p = phi.shape
     dead = jnp.all(phi == 0, axis=1)  # (B, P): masked columns
     # live columns first: a dead column after them leaves its rows and column of R zero.
@@ -174,7 +181,8 @@ def _qr_batch(phi: Array, y: Array, rcond: float) -> Array:
         def fix() -> Array:
             (idx,) = jnp.nonzero(bad, size=size, fill_value=0)
             keep = bad[idx][:, None, None]
-            return w.at[idx].set(jnp.where(keep, _svd_batch(phi[idx], y[idx], rcond), w[idx]))
+            fixed = _svd_batch(phi[idx], y[idx], rcond[idx])
+            return w.at[idx].set(jnp.where(keep, fixed, w[idx]))
         return fix
 
     # the SVD runs on a gathered few when few are flagged (a rank-deficient resample),
@@ -182,7 +190,8 @@ def _qr_batch(phi: Array, y: Array, rcond: float) -> Array:
     sizes = sorted({max(1, b // 32), max(1, b // 4)})
     branch = jnp.where(n_bad == 0, 0, 1 + jnp.searchsorted(jnp.asarray(sizes), n_bad))
     w = lax.switch(branch, [lambda: w, *(some(k) for k in sizes),
-                            lambda: jnp.where(bad[:, None, None], _svd_batch(phi, y, rcond), w)])
+                            lambda: jnp.where(bad[:, None, None], _svd_batch(phi, y, rcond),
+                                              w)])
     return jnp.where(dead[:, :, None], 0.0, w)  # the SVD leaves round-off there
 
 

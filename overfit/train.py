@@ -156,7 +156,14 @@ def score_outputs(out: Array, y: Array, loss: str | Loss, task: str,
     """
     if not y.shape[0]:
         return jnp.asarray(jnp.nan), jnp.asarray(jnp.nan)
-    mean = jnp.mean if weight is None else lambda v: jnp.sum(weight * v) / jnp.sum(weight)
+    if weight is None:
+        mean = jnp.mean
+    else:
+        w = jnp.asarray(weight, jnp.result_type(out.dtype, float))  # not a wider float
+
+        def mean(v: Array) -> Array:
+            return jnp.sum(w * v) / jnp.sum(w)
+
     value = mean(_per_example(loss)(out, y))
     if task == "classification":
         pred = out > 0 if out.ndim == 1 else jnp.argmax(out, axis=-1)

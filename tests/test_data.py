@@ -377,6 +377,13 @@ def test_subsample_keeps_distinct_rows_nested_across_sizes():
     assert not np.array_equal(large.x_train[0], large.x_train[1])
     with pytest.raises(ValueError, match=r"n=31 .*\[1, 30\]"):
         subsample(KEY, data, 31)
+    # with replacement: nested bootstrap samples, of any size
+    boot = jax.vmap(lambda k: subsample(k, data, 60, replace=True))(keys)
+    again = jax.vmap(lambda k: subsample(k, data, 30, replace=True))(keys)
+    np.testing.assert_array_equal(again.x_train, boot.x_train[:, :30])
+    assert np.isin(np.asarray(boot.x_train), x0).all()
+    distinct = [len(np.unique(np.asarray(row))) for row in again.x_train]
+    assert max(distinct) < 30  # a bootstrap of 30 from 30 repeats points (P(none) ~ 1e-12)
 
 
 # ---------------------------------------------------------------------------------- errors

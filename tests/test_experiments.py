@@ -78,23 +78,30 @@ def test_learning_curves_training_error_is_s2_times_one_minus_p_over_n():
     assert mean("val_mse", 100, 8) < mean("val_mse", 100, 1)  # the strong model wins with data
 
 
-def _learning(sizes, method="closed_form", **data):
-    model = {"kind": "polynomial"} if method == "closed_form" else {"kind": "mlp", "hidden": [8]}
+MODELS = {"polynomial": ({"kind": "polynomial"}, [1, 5]),
+          "random_features": ({"kind": "random_features"}, [2, 5]),
+          "mlp": ({"kind": "mlp", "hidden": [8]}, [2, 4])}
+
+
+def _learning(sizes, method="closed_form", model="polynomial", **data):
+    section, caps = MODELS[model]
     return scenario.from_dict({
         "name": "t", "kind": "learning_curves",
         "data": {"source": "regression", "target": "cos", "noise": 0.3, "n_val": 50,
                  "n_test": 20, **data},
-        "model": model, "train": {"method": method, "epochs": 20, "eval_every": 10},
-        "sweep": {"capacity": [1, 5] if method == "closed_form" else [2, 4],
-                  "n_train": sizes, "seeds": 4}})
+        "model": section, "train": {"method": method, "epochs": 20, "eval_every": 10},
+        "sweep": {"capacity": caps, "n_train": sizes, "seeds": 4}})
 
 
-@pytest.mark.parametrize("method", ["closed_form", "gradient"])
-def test_learning_curves_equal_separate_runs_at_each_size(method):
+@pytest.mark.parametrize("method,model", [("closed_form", "polynomial"),
+                                          ("closed_form", "random_features"),
+                                          ("gradient", "mlp")])
+def test_learning_curves_equal_separate_runs_at_each_size(method, model):
     """Sizes padded into one call (closed form) or sliced from one draw (a training loop)
-    give the numbers of a separate run per size: the same nested training sets, and the
-    padded rows neither fit nor score."""
-    sc = _learning([7, 25], method)
+    give the numbers of a separate run per size: the same nested training sets, the same
+    initialisation (random features) at every size, and the padded rows neither fit nor
+    score."""
+    sc = _learning([7, 25], method, model)
     rows, figures = experiments.learning_curves(sc)
     plt.close(figures["learning_curves"])
     for n in (7, 25):
@@ -103,10 +110,54 @@ def test_learning_curves_equal_separate_runs_at_each_size(method):
         got = [r for r in rows if r["n_train"] == n]
         for key in ("train_mse", "val_mse", "test_risk", "n_params"):
             np.testing.assert_allclose([r[key] for r in got], want[key], rtol=1e-6, atol=1e-9)
-    if method == "closed_form":  # 6 parameters nearly interpolate 7 points
+    if model == "polynomial":  # 6 parameters nearly interpolate 7 points
         small, large = ([r["train_mse"] for r in rows if r["n_train"] == n and r["degree"] == 5]
                         for n in (7, 25))
         assert np.mean(small) < 0.3 * np.mean(large)
+
+
+@pytest.mark.parametrize("x_dist", ["uniform", "grid"])
+def test_bias_variance_over_n_train_equals_separate_runs_at_each_size(x_dist):
+    """The decomposition at every size from one padded call equals a run per size."""
+    sc = scenario.from_dict({
+        "name": "t", "kind": "bias_variance",
+        "data": {"source": "regression", "target": "cos", "noise": 0.3, "n_test": 40,
+                 "x_dist": x_dist},
+        "model": {"kind": "polynomial", "max_degree": 3}, "train": {"method": "closed_form"},
+        "sweep": {"n_train": [6, 15], "seeds": 30}})
+    rows, figures = experiments.bias_variance(sc)
+    plt.close(figures["bias_variance"])
+    for row, n in zip(rows, (6, 15)):
+        alone = dataclasses.replace(sc, data=dataclasses.replace(sc.data, n_train=n))
+        _, (terms,), _ = experiments._decomposition_grid(alone, None)
+        for name in ("expected test error", "bias2", "variance"):
+            assert row[name.replace(" ", "_")] == pytest.approx(float(terms[name].value),
+                                                                rel=1e-6), (n, name)
+    assert rows[0]["variance"] > 2 * rows[1]["variance"]
+
+
+def test_bias_variance_of_a_fixed_data_set_over_n_train_bootstraps_each_size():
+    """Subsets of a finite pool stop varying as n nears its size (at n = N every subset is
+    the pool: variance 0); bootstrap samples keep the sampling variance, as the
+    decomposition's other axes do for a fixed data set."""
+    sc = scenario.from_dict({
+        "name": "t", "kind": "bias_variance",
+        "data": {"source": "real", "name": "diabetes", "val_frac": 0.2, "test_frac": 0.2},
+        "model": {"kind": "linear"}, "train": {"method": "closed_form"},
+        "sweep": {"n_train": [40], "seeds": 40}})
+    n_pool = experiments.draw(sc, jax.random.key(0), 1).n_train
+    sc = dataclasses.replace(sc, sweep=dataclasses.replace(sc.sweep, n_train=[40, n_pool]))
+    rows, figures = experiments.bias_variance(sc)
+    plt.close(figures["bias_variance"])
+    small, full = (r["variance"] for r in rows)
+    # 11 parameters: the variance falls about like 1/n, not to 0
+    assert 0.5 * 40 / n_pool < full / small < 2 * 40 / n_pool
+
+
+def test_trained_double_descent_refuses_the_min_norm_only_curves():
+    with pytest.raises(ValueError, match=r"draws sweep.noise as extra curves of min-norm"):
+        _run("double_descent", model={"kind": "mlp"}, train={"method": "gradient"},
+             sweep={"capacity": [2, 4], "noise": [0.1, 0.2]})
 
 
 def test_closed_form_learning_curves_compile_once_whatever_the_number_of_sizes():

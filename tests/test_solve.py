@@ -175,11 +175,29 @@ def test_least_squares_is_differentiable():
         np.testing.assert_allclose(g[i, 3, 2], fd, rtol=1e-6)
 
 
-def test_traced_rcond_takes_the_svd_path():
+def test_a_traced_rcond_cuts_like_a_static_one():
     X, y = _problem(9, 30, 6)
     X[:, 4] = X[:, 3] * (1 + 1e-9)  # condition ~1e9: cut at rcond 1e-6, kept at the default
     w = jax.jit(lambda r: solve(jnp.asarray(X), jnp.asarray(y), rcond=r))(1e-6)
     np.testing.assert_allclose(w, np.linalg.pinv(X, rcond=1e-6) @ y, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(w, solve(jnp.asarray(X), jnp.asarray(y), rcond=1e-6), rtol=1e-12)
+
+
+def test_padding_does_not_move_the_default_cutoff():
+    """The default cutoff counts the rows in play: a float32 design whose smallest singular
+    value lies between the cutoffs of 12 and of 4000 rows is solved, not truncated, however
+    many weight-0 rows pad it (a padded learning curve's small sizes depend on no other)."""
+    with jax.enable_x64(False):
+        X, y = _problem(13, 12, 4)
+        X[:, 3] = X[:, 2] + 3e-4 * X[:, 3]  # s_min / s_max ~ 1e-4: 10*12*eps < 1e-4 < 10*4000*eps
+        X, y = jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32)
+        alone = solve(X, y)
+        pad = jnp.zeros((4000 - 12, 4), jnp.float32)
+        padded = solve(jnp.concatenate([X, pad]), jnp.concatenate([y, jnp.zeros(4000 - 12)]),
+                       weight=(jnp.arange(4000) < 12).astype(jnp.float32))
+        cut = solve(X, y, rcond=10 * 4000 * float(jnp.finfo(jnp.float32).eps))
+    np.testing.assert_allclose(padded, alone, rtol=2e-3)
+    assert float(jnp.max(jnp.abs(cut - alone))) > 0.1 * float(jnp.max(jnp.abs(alone)))
 
 
 @pytest.mark.parametrize("n,p", [(25, 6), (6, 15), (15, 15)])
