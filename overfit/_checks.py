@@ -61,6 +61,9 @@ def check_range(
         opening = "(" if lo_open or lo is None else "["
         closing = ")" if hi_open or hi is None else "]"
         interval = f"{opening}{left}, {right}{closing}"
+        if arr.size > 8:  # a long array's repr would bury the message
+            raise ValueError(f"{field} has {int(bad.sum())} of {arr.size} values out of range "
+                             f"(first: {arr[bad].flat[0]:g}); allowed values lie in {interval}.")
         raise ValueError(f"{field}={value!r} is out of range; allowed values lie in {interval}.")
     return value
 

@@ -87,6 +87,13 @@ class Sized(NamedTuple):
                                    f_train=d.f_train[:, :n])
 
 
+def padded_sizes(scenario: Scenario, sizes: list[int]) -> bool:
+    """Whether fits at every training-set size in ``sizes`` can share one padded call:
+    closed-form fits, or full-batch training (a padded set's minibatches would differ)."""
+    batch = scenario.train.batch_size
+    return scenario.train.method == "closed_form" or not batch or batch >= max(sizes)
+
+
 def draw_sized(scenario: Scenario, key: jax.Array, n_draws: int, sizes: list[int], *,
                bootstrap: bool = False) -> Sized:
     """``n_draws`` training sets at every size in ``sizes`` (``sweep.n_train``).
@@ -213,8 +220,8 @@ def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
     ``hparams`` holds flat ``(M,)`` values (empty: S repeats); member ``m``
     trains on data draw ``draw_index[m]`` (default: repeat ``s`` of every grid
     point uses draw ``s``), so grid points are compared on the same data.
-    ``weight`` (``(M, n_train)``, closed form only) weighs each member's
-    training points (0/1: the rows a padded size uses, :class:`Sized`).
+    ``weight`` (``(M, n_train)``; closed form or full batch) weighs each
+    member's training points (0/1: the rows a padded size uses, :class:`Sized`).
     Member ``m`` initialises from key number ``key_index[m]`` (default ``m``)
     of a split of ``key``: members with one index start alike (e.g. the same
     random features at every training-set size).
@@ -228,15 +235,13 @@ def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
     if t.method == "closed_form":
         index = draw_indices(data, n_members, n_seeds, draw_index)
         return _solve_grid(model, data, hparams, keys, t.l2, index, weight, x64=x64)
-    if weight is not None:
-        raise ValueError("training-point weights need train.method='closed_form'.")
     data = _in_precision(member_data(data, n_members, n_seeds, draw_index), x64)
     hparams = dict(hparams)
     if t.input_noise:
         hparams["input_noise"] = t.input_noise
     with jax.enable_x64(x64):
         return fit(model, data, key=keys, optimizer=optimizer(scenario), epochs=t.epochs,
-                   loss=None if t.loss == "auto" else t.loss,
+                   loss=None if t.loss == "auto" else t.loss, weight=weight,
                    batch_size=t.batch_size or None, hparams=hparams, eval_every=t.eval_every,
                    early_stopping=stopper(scenario) if stop else None,
                    chunk_size=scenario.sweep.chunk_size or None)
@@ -590,8 +595,9 @@ def learning_curves(scenario: Scenario) -> tuple[Rows, Figures]:
 
     Every ``sweep.n_train`` value has ``sweep.seeds`` training sets (nested
     across sizes, :func:`draw_sized`); the gap between the curves is what more
-    data closes. Closed-form fits of every (size x capacity x set) member are
-    one call, the sizes padded to the largest; a training loop is compiled per size.
+    data closes. Every (size x capacity x set) member trains in one call, the
+    sizes padded to the largest (:func:`padded_sizes`); minibatch training is
+    one call per size.
     """
     sizes = _require(scenario, "n_train")
     n_seeds = scenario.sweep.seeds
@@ -599,7 +605,7 @@ def learning_curves(scenario: Scenario) -> tuple[Rows, Figures]:
     sized = draw_sized(scenario, key_data, n_seeds, sizes)
     model = build_model(scenario, sized.data)
     caps, column = scenario.sweep.capacity or [_own_capacity(model)], model.capacity
-    if scenario.train.method == "closed_form":
+    if padded_sizes(scenario, sizes):
         flat, _ = grid(size=range(len(sizes)), value=range(len(caps)), seed=range(n_seeds))
         draw_index, weight = sized.index[flat["size"], flat["seed"]], sized.weight[flat["size"]]
         # a (capacity, set) pair starts alike at every size, as in a run per size
@@ -790,11 +796,10 @@ def bias_variance(scenario: Scenario) -> tuple[Rows, Figures]:
     resamples of a fixed data set's training split) x m initialisations
     (``sweep.inits``) per grid point, predicting at one shared test set; a
     generator's truth ``f`` separates the noise exactly. A model knob
-    (``capacity``, ``l2``) is one axis of one training call, and so are
-    closed-form fits at every ``n_train`` (nested sets padded to one shape,
-    :func:`draw_sized`; a fixed data set's are random subsets, not resamples);
-    otherwise a data knob (``noise``, ``flip``, a trained ``n_train``) is one
-    call per value.
+    (``capacity``, ``l2``) is one axis of one training call, and so is
+    ``n_train`` (nested sets padded to one shape, :func:`draw_sized`; a fixed
+    data set's are nested bootstrap samples) unless minibatches make it one
+    call per size; ``noise`` and ``flip`` draw new data, one call per value.
     """
     field, values = _sweep_axis(scenario)
     if field == "n_train":
@@ -847,7 +852,7 @@ def _decomposition_sizes(scenario: Scenario, sizes: list[int]
     sized = draw_sized(scenario, key_data, n_sets, sizes, bootstrap=True)
     model = build_model(scenario, sized.data)
     own = _own_capacity(model)
-    if scenario.train.method == "closed_form":
+    if padded_sizes(scenario, sizes):
         flat, _ = grid(size=range(len(sizes)), seed=range(n_sets), init=range(n_inits))
         return _terms(scenario, model, datasets.shared_test(sized.data),
                       {model.capacity: np.full(len(flat["seed"]), own)}, key_model,

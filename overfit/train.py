@@ -36,6 +36,7 @@ from overfit.models import Model, Params, State
 Transform = optax.GradientTransformation
 Optimizer = Transform | Callable[[Mapping[str, Array]], Transform]
 TRAIN_HPARAMS = ("input_noise",)  # knobs the training step itself reads from ``hparams``
+_WEIGHT = "train_weight"  # where ``fit(weight=...)`` travels, per member, inside ``hparams``
 DEFAULT_OPTIMIZER = optax.adam(1e-2)  # one object, so default fits share compiled code
 
 
@@ -230,7 +231,7 @@ class _Trainer(NamedTuple):
         or weight changes the objective there.
         """
         model, loss = self.config.model, self.config.loss
-        if self.reuse and loss == "mse" and model.mse_grad is not None:
+        if self.reuse and loss == "mse" and model.mse_grad is not None and weight is None:
             return model.mse_grad(params, state, x, y)
         return jax.grad(_objective_and_outputs(model, loss), has_aux=True)(
             params, state, x, y, key, weight)
@@ -258,17 +259,18 @@ class _Trainer(NamedTuple):
         updates, opt_state = self.optimizer(hparams).update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    def outputs_and_grads(self, params, state, data: Dataset) -> tuple[Array, Array, Params]:
+    def outputs_and_grads(self, params, state, data: Dataset, weight: Array | None
+                          ) -> tuple[Array, Array, Params]:
         """Train and validation outputs and the training gradient at ``params`` (``reuse``)."""
         # the step's own objective, in evaluation mode (no key): its outputs are the evaluation's
-        grads, out = self.gradient(params, state, data.x_train, data.y_train)
+        grads, out = self.gradient(params, state, data.x_train, data.y_train, weight=weight)
         return out, self.config.model.apply(params, state, data.x_val), grads
 
     def train_epoch(self, params, opt_state, state, key, data: Dataset, hparams):
         n, batch_size = data.x_train.shape[0], self.config.batch_size
         if batch_size is None or batch_size >= n:
             return self.step(params, opt_state, state, key, data.x_train, data.y_train,
-                             None, hparams)
+                             hparams.get(_WEIGHT), hparams)
         k_perm, k_steps = jax.random.split(key)
         idx, weight = _batches(k_perm, n, batch_size)
 
@@ -301,7 +303,8 @@ class _Trainer(NamedTuple):
             if every > 1:
                 carry = jax.lax.fori_loop(1, every, one, carry)
             params, opt_state = carry
-            out_tr, out_va, grads = self.outputs_and_grads(params, state, data)
+            out_tr, out_va, grads = self.outputs_and_grads(params, state, data,
+                                                           hparams.get(_WEIGHT))
         else:
             params, opt_state = (one(0, carry) if every == 1
                                  else jax.lax.fori_loop(0, every, one, carry))
@@ -310,7 +313,8 @@ class _Trainer(NamedTuple):
             out = self.config.model.apply(params, state,
                                           jnp.concatenate([data.x_train, data.x_val]))
             out_tr, out_va, grads = out[:n], out[n:], None
-        tr = score_outputs(out_tr, data.y_train, self.config.loss, data.task)
+        tr = score_outputs(out_tr, data.y_train, self.config.loss, data.task,
+                           hparams.get(_WEIGHT))
         va = score_outputs(out_va, data.y_val, self.config.loss, data.task)
         values = tuple(jnp.asarray(v, jnp.float32) for v in (tr[0], va[0], tr[1], va[1]))
         # a member whose training loss turns NaN or inf keeps its last finite
@@ -405,6 +409,7 @@ def fit(
     epochs: int = 100,
     batch_size: int | None = None,
     hparams: Mapping[str, Any] | None = None,
+    weight: Array | None = None,
     early_stopping: EarlyStopping | None = None,
     eval_every: int = 1,
     chunk_size: int | None = None,
@@ -441,6 +446,12 @@ def fit(
             inputs at every step; the whole mapping, plus a per-member
             ``"key"`` (for :func:`overfit.regularize.gradient_noise`), goes to a
             callable ``optimizer``.
+        weight: per-point training weights >= 0, ``(n_train,)`` shared or
+            ``(M, n_train)`` per member, for full-batch training: the training
+            objective and the training loss and metric are weighted means. A
+            0/1 mask trains on the points it keeps, exactly as if the others
+            were absent, so training sets of several sizes padded to one shape
+            (:func:`overfit.experiments.draw_sized`) train in one compiled call.
         early_stopping: a rule from :mod:`overfit.early_stopping`, or None.
             It is checked at every evaluation, so ``patience`` counts evaluations.
         eval_every: epochs between evaluations of the train / validation loss
@@ -486,6 +497,8 @@ def fit(
                              f"(allowed: {list(model.hparams + TRAIN_HPARAMS)}) "
                              "and the optimizer takes none.")
     _check_model_hparams(model, hparams)
+    if weight is not None:
+        hparams = {**hparams, _WEIGHT: _check_weight(weight, data, batch_size, key)}
     stopper = never() if early_stopping is None else early_stopping
     if stopper.monitor.endswith(("accuracy", "mse")):
         metric = "accuracy" if data.task == "classification" else "mse"
@@ -506,6 +519,26 @@ def fit(
     return run_chunks(_member_program(config), members, shared=shared, chunk_size=chunk_size,
                       devices=jax.local_devices() if devices is None else devices,
                       store=store, progress=progress)
+
+
+def _check_weight(weight: Any, data: Dataset, batch_size: int | None, key: Array) -> Array:
+    """``fit``'s training weights as a float array, one row per member of a batch."""
+    n = data.x_train.shape[-2]
+    if batch_size is not None and batch_size < n:
+        raise ValueError(f"weight= needs full-batch training; got batch_size={batch_size} "
+                         f"< n_train={n} (use batch_size=None).")
+    weight = jnp.asarray(weight, data.x_train.dtype)
+    check_range("weight", weight, lo=0.0)
+    if not _is_key_batch(key):
+        shapes = [(n,)]
+    else:
+        shapes = [(n,), (key.shape[0], n)]
+        if weight.shape == (n,):  # shared: every member gets the same row
+            weight = jnp.broadcast_to(weight, (key.shape[0], n))
+    if weight.shape not in shapes:
+        raise ValueError(f"weight has shape {weight.shape}; allowed: "
+                         f"{' or '.join(map(str, shapes))} (members x training points).")
+    return weight
 
 
 def _check_model_hparams(model: Model, hparams: Mapping[str, Any]) -> None:
@@ -584,8 +617,9 @@ def _fit(key: Array, data: Dataset, hparams: Mapping[str, Any], *, config: _Conf
     members, state = jax.vmap(trainer.init, in_axes=(0, hp_axes))(k_init, hparams)
     axes = (0, data_axis, hp_axes)
     if trainer.reuse:
-        grads = jax.vmap(lambda m, s, d: trainer.outputs_and_grads(m.params, s, d)[2],
-                         in_axes=(0, 0, data_axis))(members, state, data)
+        grads = jax.vmap(
+            lambda m, s, d, h: trainer.outputs_and_grads(m.params, s, d, h.get(_WEIGHT))[2],
+            in_axes=(0, 0, data_axis, hp_axes))(members, state, data, hparams)
         members = members._replace(grads=grads)
     epoch_fn = jax.vmap(trainer.epoch, in_axes=(0, 0, None, *axes))
     n_members, checks = keys.shape[0], config.epochs // config.eval_every

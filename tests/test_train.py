@@ -7,6 +7,8 @@ per configuration keep ``fit``'s jit cache warm.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -287,6 +289,45 @@ def test_full_batch_gd_with_l2_converges_to_ridge():
     # the penalty shrinks: |w| falls with lam
     norms = np.linalg.norm(np.asarray(res.params["coef"]), axis=1)
     assert norms[0] > norms[1] > norms[2]
+
+
+def _train_rows(data: Dataset, rows) -> Dataset:
+    rows = np.asarray(rows)
+    return dataclasses.replace(data, x_train=data.x_train[rows], y_train=data.y_train[rows],
+                               f_train=data.f_train[rows])
+
+
+@pytest.mark.parametrize("hparams", [{}, {"input_noise": 0.05}], ids=["reused", "noisy"])
+def test_weighted_fit_trains_on_the_points_it_keeps(hparams):
+    """A 0/1 weight trains and scores on the rows it keeps, as if the others were absent
+    (training sets of several sizes padded into one call), on the path that reuses the
+    evaluation's forward pass and on the one that does not (input noise). (Integer
+    weights as repeated rows: test_solve and the objective's test.)"""
+    data, model = _sine(3, n_train=30), mlp(1, (8,))
+    keys = jax.random.split(jax.random.key(0), 2)
+    mask = (np.arange(30) < 12).astype(np.float32)
+    run = dict(epochs=40, hparams=hparams, early_stopping=NEVER)
+    padded = fit(model, data, key=keys, weight=np.stack([mask, np.ones(30, np.float32)]), **run)
+    alone = fit(model, _train_rows(data, range(12)), key=keys, **run)
+    full = fit(model, data, key=keys, **run)
+    for got, want in ((0, alone), (1, full)):
+        for name in ("train_loss", "val_loss", "train_metric"):
+            np.testing.assert_allclose(getattr(padded.history, name)[got],
+                                       getattr(want.history, name)[got], rtol=2e-5, atol=1e-7)
+        np.testing.assert_allclose(padded.test_metric[got], want.test_metric[got], rtol=2e-5)
+
+
+def test_weighted_fit_arguments(reg_data):
+    key, keys, model = jax.random.key(0), jax.random.split(jax.random.key(0), 3), linear(1)
+    with pytest.raises(ValueError, match="weight= needs full-batch training; got batch_size=8"):
+        fit(model, reg_data, key=key, weight=np.ones(40), batch_size=8)
+    with pytest.raises(ValueError, match=r"weight has shape \(39,\); allowed: \(40,\) \(members"):
+        fit(model, reg_data, key=key, weight=np.ones(39))
+    with pytest.raises(ValueError, match=r"allowed: \(40,\) or \(3, 40\)"):
+        fit(model, reg_data, key=keys, weight=np.ones((2, 40)))
+    with pytest.raises(ValueError, match=r"weight has 1 of 40 values out of range \(first: "
+                                         r"-1\); allowed values lie in \[0, inf\)\.$"):
+        fit(model, reg_data, key=key, weight=np.r_[np.ones(39), -1.0])
 
 
 # ----------------------------------------------------------------------------- errors
