@@ -94,8 +94,7 @@ def _learning(sizes, method="closed_form", model="polynomial", batch_size=0, **d
         "sweep": {"capacity": caps, "n_train": sizes, "seeds": 4}})
 
 
-@pytest.mark.parametrize("method,model,batch_size", [("closed_form", "polynomial", 0),
-                                                     ("closed_form", "random_features", 0),
+@pytest.mark.parametrize("method,model,batch_size", [("closed_form", "random_features", 0),
                                                      ("gradient", "mlp", 0),
                                                      ("gradient", "mlp", 5)])
 def test_learning_curves_equal_separate_runs_at_each_size(method, model, batch_size):
@@ -112,15 +111,12 @@ def test_learning_curves_equal_separate_runs_at_each_size(method, model, batch_s
         got = [r for r in rows if r["n_train"] == n]
         for key in ("train_mse", "val_mse", "test_risk", "n_params"):
             np.testing.assert_allclose([r[key] for r in got], want[key], rtol=1e-6, atol=1e-9)
-    if model == "polynomial":  # 6 parameters nearly interpolate 7 points
-        small, large = ([r["train_mse"] for r in rows if r["n_train"] == n and r["degree"] == 5]
-                        for n in (7, 25))
-        assert np.mean(small) < 0.3 * np.mean(large)
 
 
-@pytest.mark.parametrize("x_dist", ["uniform", "grid"])
-def test_bias_variance_over_n_train_equals_separate_runs_at_each_size(x_dist):
-    """The decomposition at every size from one padded call equals a run per size."""
+def test_bias_variance_over_n_train_equals_separate_runs_at_each_size():
+    """The decomposition at every size from one padded call equals a run per size (on a
+    grid of inputs, drawn per size; nested draws: the learning-curve tests)."""
+    x_dist = "grid"
     sc = scenario.from_dict({
         "name": "t", "kind": "bias_variance",
         "data": {"source": "regression", "target": "cos", "noise": 0.3, "n_test": 40,
