@@ -55,7 +55,8 @@ class DataConfig:
     r2: float = knob(1.0, "signal |b|^2 of the linear source", lo=0.0)
     link: str = knob("identity", "link g of the linear source: f = g(x . b)",
                      choices=datasets.LINKS)
-    n_train: int = knob(30, "training points", lo=1)
+    n_train: int = knob(30, "training points (a fixed data set: its whole training split)",
+                        lo=1)
     n_val: int = knob(30, "validation points", lo=0)
     n_test: int = knob(500, "test points", lo=0)
     noise: float = knob(0.1, "regression noise std / playground input noise", lo=0.0)
@@ -132,7 +133,8 @@ class SweepConfig:
     l2: list[float] = knob([], "L2 strengths to sweep (closed form: ridge lambda)", lo=0.0)
     drop_rate: list[float] = knob([], "dropout probabilities to sweep", lo=0.0, hi=1.0,
                                   hi_open=True)
-    n_train: list[int] = knob([], "training-set sizes to sweep", lo=1)
+    n_train: list[int] = knob([], "training-set sizes to sweep (nested; a fixed data set: "
+                              "random subsets of its training split)", lo=1)
     noise: list[float] = knob([], "noise levels (data.noise) to sweep (bias_variance, "
                               "double_descent)", lo=0.0)
     flip: list[float] = knob([], "label-flip rates (data.flip) to sweep (bias_variance)",
