@@ -227,8 +227,9 @@ class _Trainer(NamedTuple):
         """``(grads, out)``: the objective's gradient and the outputs it scored.
 
         Full-batch square-loss training of a model with a fused kernel
-        (``Model.mse_grad``) takes the kernel: ``reuse`` guarantees that no key
-        or weight changes the objective there.
+        (``Model.mse_grad``) takes the kernel unless the points are weighted
+        (the kernel has no weights): ``reuse`` guarantees that no key changes
+        the objective there.
         """
         model, loss = self.config.model, self.config.loss
         if self.reuse and loss == "mse" and model.mse_grad is not None and weight is None:
