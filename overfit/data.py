@@ -682,10 +682,7 @@ def resample(key: Array, data: Dataset) -> Dataset:
     Returns:
         Dataset of the same shapes whose training rows are drawn with replacement.
     """
-    idx = bootstrap_indices(key, data.n_train)
-    return dataclasses.replace(
-        data, x_train=data.x_train[idx], y_train=data.y_train[idx], f_train=data.f_train[idx]
-    )
+    return subsample(key, data, data.n_train, replace=True)
 
 
 def subsample(key: Array, data: Dataset, n: int, *, replace: bool = False) -> Dataset:
@@ -713,9 +710,14 @@ def subsample(key: Array, data: Dataset, n: int, *, replace: bool = False) -> Da
     else:
         n = check_int("n", n, lo=1, hi=data.n_train)
         idx = jax.random.permutation(key, data.n_train)[:n]
-    return dataclasses.replace(
-        data, x_train=data.x_train[idx], y_train=data.y_train[idx], f_train=data.f_train[idx]
-    )
+    return map_train(lambda a: a[idx], data)
+
+
+def map_train(f: Callable[[Array], Array], data: Dataset) -> Dataset:
+    """``data`` with ``f`` applied to ``x_train``, ``y_train`` and ``f_train`` alike (a row
+    selection or padding that keeps inputs, targets and truth aligned)."""
+    return dataclasses.replace(data, x_train=f(data.x_train), y_train=f(data.y_train),
+                               f_train=f(data.f_train))
 
 
 def shared_test(data: Dataset) -> Dataset:

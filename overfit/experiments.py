@@ -82,9 +82,8 @@ class Sized(NamedTuple):
 
     def at(self, i: int) -> datasets.Dataset:
         """The ``S`` data sets of size ``sizes[i]``, unpadded: ``(S, sizes[i], ...)``."""
-        d, n = take(self.data, self.index[i]), self.sizes[i]
-        return dataclasses.replace(d, x_train=d.x_train[:, :n], y_train=d.y_train[:, :n],
-                                   f_train=d.f_train[:, :n])
+        n = self.sizes[i]
+        return datasets.map_train(lambda a: a[:, :n], take(self.data, self.index[i]))
 
 
 def padded_sizes(scenario: Scenario, sizes: list[int]) -> bool:
@@ -133,8 +132,7 @@ def _pad_train(data: datasets.Dataset, n: int) -> datasets.Dataset:
     def pad(a):
         a = np.asarray(a)
         return np.pad(a, [(0, 0), (0, n - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
-    return dataclasses.replace(data, x_train=pad(data.x_train), y_train=pad(data.y_train),
-                               f_train=pad(data.f_train))
+    return datasets.map_train(pad, data)
 
 
 def build_model(scenario: Scenario, data: datasets.Dataset) -> models.Model:

@@ -140,10 +140,7 @@ def _objective_and_outputs(model: Model, loss: str | Loss) -> Callable[..., tupl
 
     def f(params, state, x, y, key=None, weight=None):
         out = model.apply(params, state, x, key=key, train=key is not None)
-        values = per_example(out, y)
-        if weight is None:
-            return jnp.mean(values), out
-        return jnp.sum(weight * values) / jnp.sum(weight), out
+        return _mean(per_example(out, y), weight), out
 
     return f
 
@@ -157,19 +154,19 @@ def score_outputs(out: Array, y: Array, loss: str | Loss, task: str,
     """
     if not y.shape[0]:
         return jnp.asarray(jnp.nan), jnp.asarray(jnp.nan)
-    if weight is None:
-        mean = jnp.mean
-    else:
-        w = jnp.asarray(weight, jnp.result_type(out.dtype, float))  # not a wider float
-
-        def mean(v: Array) -> Array:
-            return jnp.sum(w * v) / jnp.sum(w)
-
-    value = mean(_per_example(loss)(out, y))
+    value = _mean(_per_example(loss)(out, y), weight)
     if task == "classification":
         pred = out > 0 if out.ndim == 1 else jnp.argmax(out, axis=-1)
-        return value, mean(pred == y)
-    return value, mean((out - y) ** 2)
+        return value, _mean(pred == y, weight)
+    return value, _mean((out - y) ** 2, weight)
+
+
+def _mean(values: Array, weight: Array | None) -> Array:
+    """The mean of ``values``, or their ``weight``-ed mean, in the float width of ``values``."""
+    if weight is None:
+        return jnp.mean(values)
+    w = jnp.asarray(weight, jnp.result_type(values.dtype, float))  # not a wider float
+    return jnp.sum(w * values) / jnp.sum(w)
 
 
 def evaluate(model: Model, params: Params, state: State, x: Array, y: Array,
