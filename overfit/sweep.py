@@ -13,6 +13,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from overfit.chunks import run_chunks
+from overfit.static import Static
 
 
 def grid(**axes: Sequence[Any]) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
@@ -87,7 +88,7 @@ def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | N
     took 2 to 40 s. XLA still runs the members of a batch in parallel.
     """
     with threadpool_limits(limits=1, user_api="blas"):
-        return run_chunks(_vmapped(f), members, shared=shared,
+        return run_chunks(_vmapped(Static(f)), members, shared=shared,
                           chunk_size=jax.tree.leaves(members)[0].shape[0]
                           if batch_size is None else batch_size,
                           devices=devices, store=store, progress=progress,
@@ -113,9 +114,10 @@ def fast_compile_options(devices: Sequence[Any] | None = None) -> dict[str, Any]
 
 
 @functools.lru_cache(maxsize=64)
-def _vmapped(f: Any) -> Any:
-    """One ``vmap(f)`` object per ``f``, so the compiled code is reused across calls."""
-    return jax.vmap(f, in_axes=(0, None))
+def _vmapped(f: Static) -> Any:
+    """One ``vmap(f)`` object per ``f`` (or an equal closure), so the compiled code is
+    reused across calls."""
+    return jax.vmap(f.value, in_axes=(0, None))
 
 
 def batch_size_for(bytes_per_member: float, n_members: int, *, budget: float = 2**29) -> int | None:

@@ -32,6 +32,7 @@ from overfit.data import Dataset
 from overfit.early_stopping import EarlyStopping, StopState, never
 from overfit.losses import LOSSES, Loss
 from overfit.models import Model, Params, State
+from overfit.static import Static
 
 Transform = optax.GradientTransformation
 Optimizer = Transform | Callable[[Mapping[str, Array]], Transform]
@@ -431,8 +432,9 @@ def fit(
         key: PRNG key(s): initialisation, shuffling, dropout and input noise.
         optimizer: an optax transformation, or a function of the member's
             ``hparams`` returning one (to sweep a learning rate or penalty
-            under vmap). Default ``optax.adam(1e-2)``. Compiled code is cached
-            per optimizer object: reuse one (not a fresh lambda) across calls.
+            under vmap). Default ``optax.adam(1e-2)``. Compiled code is reused
+            by a later call with an equal optimizer, model, loss and stopping
+            rule, even if freshly built (:class:`overfit.static.Static`).
         loss: ``"mse"``, ``"bce"``, ``"ce"``, ``"mse_onehot"`` (square loss on one-hot
             labels) or ``f(out, y) -> per-example``;
             default from the task (:func:`default_loss`).
@@ -508,7 +510,9 @@ def fit(
                 tuple((k, 0 if jnp.ndim(v) >= 1 else None) for k, v in sorted(hparams.items())))
     else:
         axes = None
-    config = _Config(model, loss, optimizer, epochs, batch_size, stopper, eval_every, axes)
+    # compared by structure: a fresh but equal optimizer or model reuses the compiled code
+    config = Static(_Config(model, loss, optimizer, epochs, batch_size, stopper, eval_every,
+                            axes))
     if axes is None:
         return _fit_one(key, data, hparams, config=config)
     members, shared = _split_members(key, data, hparams, axes)
@@ -554,7 +558,7 @@ def _check_model_hparams(model: Model, hparams: Mapping[str, Any]) -> None:
 
 
 class _Config(NamedTuple):
-    """Everything static about a fit: the jit cache key (functions hash by identity)."""
+    """Everything static about a fit: the jit cache key, wrapped in :class:`Static`."""
 
     model: Model
     loss: str | Loss
@@ -579,21 +583,21 @@ def _split_members(key: Array, data: Dataset, hparams: Mapping[str, Array],
 
 
 @functools.lru_cache(maxsize=128)
-def _member_program(config: _Config) -> Callable[[dict, dict], FitResult]:
+def _member_program(config: Static[_Config]) -> Callable[[dict, dict], FitResult]:
     """``fit`` of a chunk of members, as :func:`overfit.chunks.run_chunks` runs it."""
 
     def program(members: dict, shared: dict) -> FitResult:
         data = shared["data"] if members["data"] is None else members["data"]
         return _fit(members["key"], data, {**shared["hparams"], **members["hparams"]},
-                    config=config)
+                    config=config.value)
 
     return program
 
 
 @functools.partial(jax.jit, static_argnames="config")
 def _fit_one(key: Array, data: Dataset, hparams: Mapping[str, Any], *,
-             config: _Config) -> FitResult:
-    return _fit(key, data, hparams, config=config)
+             config: Static[_Config]) -> FitResult:
+    return _fit(key, data, hparams, config=config.value)
 
 
 def _fit(key: Array, data: Dataset, hparams: Mapping[str, Any], *, config: _Config) -> FitResult:

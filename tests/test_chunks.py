@@ -62,9 +62,10 @@ def test_chunk_size_from_the_memory_estimate(sweep, monkeypatch):
     """With little free memory the estimate cuts the sweep into chunks; same results."""
     model, data, keys, kw, whole = sweep
     members = {"key": keys, "data": None, "hparams": {"width": kw["hparams"]["width"]}}
+    from overfit.static import Static
     from overfit.train import DEFAULT_OPTIMIZER, _Config, _member_program, never
-    config = _Config(model, "mse", DEFAULT_OPTIMIZER, 30, None, never(), 5,
-                     (None, (("width", 0),)))
+    config = Static(_Config(model, "mse", DEFAULT_OPTIMIZER, 30, None, never(), 5,
+                            (None, (("width", 0),))))
     one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype), members)
     shared = {"data": data, "hparams": {}}
     per, shared_bytes = chunks.member_bytes(_member_program(config), one, shared), \

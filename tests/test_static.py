@@ -1,0 +1,114 @@
+"""Static keys: equal when the programs would be, different whenever they could differ."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import overfit as of
+from overfit.clock import CompileClock
+from overfit.static import Static
+
+SCALE = 2.0
+
+
+def _scaled(scale):
+    return lambda x: scale * x
+
+
+def _recursive():
+    def f(n):
+        return 1 if n == 0 else n * f(n - 1)
+    return f
+
+
+def test_fresh_optax_optimizers_models_and_rules_are_equal_keys():
+    assert Static(optax.adam(1e-2)) == Static(optax.adam(1e-2))
+    assert hash(Static(optax.adam(1e-2))) == hash(Static(optax.adam(1e-2)))
+    assert Static(of.models.mlp(1, hidden=(16,))) == Static(of.models.mlp(1, hidden=(16,)))
+    rule = of.early_stopping.patience
+    assert Static(rule(patience=5)) == Static(rule(patience=5))
+
+
+@pytest.mark.parametrize("a, b", [
+    (optax.adam(1e-2), optax.adam(1e-3)),
+    (optax.adam(1e-2), optax.sgd(1e-2)),
+    (of.models.mlp(1, hidden=(16,)), of.models.mlp(1, hidden=(32,))),
+    (of.models.mlp(1, hidden=(16,)), of.models.mlp(1, hidden=(16,), activation="relu")),
+    (of.early_stopping.patience(patience=5), of.early_stopping.patience(patience=6)),
+    (_scaled(1), _scaled(1.0)),  # int and float promote differently in JAX
+    (_scaled(1.0), _scaled(True)),
+    (_scaled(np.float32(1.0)), _scaled(np.float64(1.0))),
+    (_scaled(jnp.arange(3.0)), _scaled(jnp.arange(1.0, 4.0))),
+    (_scaled(object()), _scaled(object())),  # unknown objects: by identity
+])
+def test_anything_that_could_change_the_program_changes_the_key(a, b):
+    assert Static(a) != Static(b)
+
+
+def test_equal_captured_values_give_equal_keys():
+    assert Static(_scaled(jnp.arange(3.0))) == Static(_scaled(jnp.arange(3.0)))
+    token = object()
+    assert Static(_scaled(token)) == Static(_scaled(token))
+    big = np.zeros(10_000)  # compared by identity: equal only to itself
+    assert Static(_scaled(big)) == Static(_scaled(big))
+    assert Static(_scaled(big)) != Static(_scaled(np.zeros(10_000)))
+
+
+def test_a_referenced_global_is_part_of_the_key(monkeypatch):
+    f = lambda x: SCALE * x  # noqa: E731
+    before = Static(f)
+    monkeypatch.setattr(f"{__name__}.SCALE", 3.0)
+    assert Static(f) != before
+
+
+def test_a_key_snapshots_mutable_captured_values():
+    values = [1.0]
+    f = _scaled(values)
+    before = Static(f)
+    values.append(2.0)
+    assert Static(f) != before
+
+
+def test_a_recursive_closure_gets_a_key():
+    f = _recursive()
+    assert Static(f) == Static(f)
+    assert Static(f) != Static(_recursive())  # compared by identity, conservatively
+
+
+def test_fit_with_a_fresh_equal_optimizer_and_model_compiles_nothing_new():
+    data = of.data.regression(jax.random.key(0), n_train=12, n_val=8, n_test=8)
+    keys = jax.random.split(jax.random.key(1), 3)
+
+    def run(lr):
+        model = of.models.mlp(1, hidden=(8,))
+        return of.fit(model, data, key=keys, optimizer=optax.adam(lr), epochs=20)
+
+    first = run(1e-2)
+    with CompileClock() as clock:
+        again = run(1e-2)
+    assert clock.compiles == 0
+    np.testing.assert_array_equal(again.history.train_loss, first.history.train_loss)
+    with CompileClock() as clock:
+        other = run(1e-1)
+    # a key too coarse would hand lr=0.1 the lr=0.01 program: same curve, no compile
+    assert clock.compiles > 0
+    assert not np.allclose(other.history.train_loss, first.history.train_loss)
+
+
+def test_map_members_reuses_the_program_of_an_equal_closure():
+    def shifted(scale):
+        return lambda m, s: scale * m + s
+
+    members = jnp.arange(4.0)
+    first = of.map_members(shifted(3.0), members, shared=1.0)
+    with CompileClock() as clock:
+        again = of.map_members(shifted(3.0), members, shared=1.0)
+    assert clock.compiles == 0
+    with CompileClock() as clock:
+        other = of.map_members(shifted(5.0), members, shared=1.0)
+    assert clock.compiles > 0
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(first, 3.0 * np.arange(4.0) + 1.0)
+    np.testing.assert_array_equal(other, 5.0 * np.arange(4.0) + 1.0)
