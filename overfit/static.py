@@ -8,16 +8,20 @@ of ``fit`` would recompile every time (seconds) for a program it already has.
 closures are equal when they run the same code over equal captured values and
 equal referenced globals, so the second call reuses the first one's program.
 
-The fingerprint is conservative. Whatever it does not know how to compare by
-value (a generic object, a large array, a tracer, a recursive closure) is
-compared by identity, which is what ``jit`` would have done anyway, and the
-wrapper holds a reference to it so that its ``id`` cannot be reused. Values
-are snapshot when the wrapper is built: a captured list changed later makes a
-different key, where identity would have silently reused a stale program.
+The fingerprint never makes two keys equal where identity would not have been
+safe. Immutable values (numbers, strings, tuples, frozen dataclasses, JAX
+arrays, library functions, modules and classes) compare by value. Mutable
+containers (lists, dicts, NumPy arrays, other dataclasses) compare by identity
+AND by their contents when the key is built, so a cached program traced from
+one is never handed another object, nor the same one after it changed. A
+function that reaches anything else (a generic object whose attributes may
+change, a notebook's class) is compared by identity as a whole, as ``jit``
+would have compared it.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import sys
@@ -30,10 +34,12 @@ import numpy as np
 
 T = TypeVar("T")
 
-# Arrays up to this many elements are compared by value (closures over small
-# constants); larger ones by identity, to keep building a key cheap.
+# Arrays up to this many elements compare by value (closures over small constants); a
+# larger JAX array by identity, a larger NumPy one makes its closure compare by identity.
 _MAX_ARRAY = 4096
-_SCALARS = (bool, int, float, complex, str, bytes)
+_MAX_DEPTH = 100
+_EXACT = (bool, int, str, bytes, type(None))
+_MUTABLE = (list, dict, set, collections.OrderedDict)
 
 
 class Static(Generic[T]):
@@ -72,58 +78,117 @@ class _Id:
 
 
 def fingerprint(obj: Any) -> Hashable:
-    """A hashable key equal for values that behave alike under ``jax.jit`` (see module doc)."""
-    return _fingerprint(obj, set())
-
-
-def _fingerprint(obj: Any, active: set[int]) -> Hashable:
-    t = type(obj)
-    if obj is None or t in _SCALARS:
-        return t, obj  # the type too: 1, 1.0 and True promote differently in JAX
-    if isinstance(obj, (type, types.ModuleType, types.BuiltinFunctionType, np.dtype)):
-        return _Id(obj)
-    if id(obj) in active:  # a cycle (a closure that calls itself): identity
-        return _Id(obj)
-    active.add(id(obj))
+    """A hashable key, equal only for values that trace to the same programs (module doc)."""
     try:
-        return _compound(obj, t, active)
-    finally:
-        active.discard(id(obj))
+        return _Walk().key(obj)
+    except RecursionError:  # under a recursion limit lowered below _MAX_DEPTH's needs
+        return _Id(obj)
 
 
-def _compound(obj: Any, t: type, active: set[int]) -> Hashable:
-    fp = functools.partial(_fingerprint, active=active)
-    if isinstance(obj, (tuple, list)):  # NamedTuples too: the type tells them apart
-        return t, tuple(fp(v) for v in obj)
-    if isinstance(obj, dict):
-        return t, tuple((fp(k), fp(v)) for k, v in obj.items())
-    if isinstance(obj, (set, frozenset)):
-        return t, frozenset(fp(v) for v in obj)
-    if dataclasses.is_dataclass(obj):
-        return t, tuple(fp(getattr(obj, f.name)) for f in dataclasses.fields(obj))
-    if isinstance(obj, functools.partial):
-        return t, fp(obj.func), fp(obj.args), fp(obj.keywords)
-    if isinstance(obj, types.MethodType):
-        return t, fp(obj.__func__), fp(obj.__self__)
-    if isinstance(obj, (types.FunctionType, jax.custom_jvp, jax.custom_vjp)) and _importable(obj):
-        return _Id(obj)  # a module's own function: one object for the process
-    if isinstance(obj, types.FunctionType):
-        return _function(obj, fp)
-    if isinstance(obj, (jax.custom_jvp, jax.custom_vjp)):  # the function and its rules
-        return t, fp(vars(obj))
-    if isinstance(obj, (np.ndarray, np.generic, jax.Array)):
-        return _array(obj)
-    return _Id(obj)
+class _Walk:
+    """One fingerprint's traversal: cycle guard, memo of finished nodes, and whether
+    the function being keyed reached something that may change unseen (``opaque``)."""
 
+    def __init__(self) -> None:
+        self.active: set[int] = set()
+        self.memo: dict[int, tuple[Any, Hashable, bool]] = {}  # id -> (obj, key, opaque)
+        self.opaque = False
 
-def _function(fn: types.FunctionType, fp: Any) -> Hashable:
-    try:
-        cells = tuple(fp(c.cell_contents) for c in fn.__closure__ or ())
-    except ValueError:  # an empty cell: a closure still being defined
-        return _Id(fn)
-    code, globs = fn.__code__, fn.__globals__
-    used = tuple((name, fp(globs[name])) for name in _global_names(code) if name in globs)
-    return (types.FunctionType, code, fp(fn.__defaults__), fp(fn.__kwdefaults__), cells, used)
+    def key(self, obj: Any) -> Hashable:
+        t = type(obj)
+        if t in _EXACT:
+            return t, obj  # the type too: 1 and True promote differently in JAX
+        if t is float:
+            return t, obj.hex()  # 0.0 == -0.0, but 1 / x tells them apart
+        if t is complex:
+            return t, obj.real.hex(), obj.imag.hex()
+        if id(obj) in self.memo:
+            _, key, opaque = self.memo[id(obj)]
+            self.opaque |= opaque
+            return key
+        # a cycle (a closure that calls itself), or nesting deep enough to overflow
+        # the stack where JAX has raised Python's recursion limit: identity
+        if id(obj) in self.active or len(self.active) >= _MAX_DEPTH:
+            self.opaque = True
+            return _Id(obj)
+        self.active.add(id(obj))
+        outer, self.opaque = self.opaque, False
+        try:
+            key = self._compound(obj, t)
+            self.memo[id(obj)] = (obj, key, self.opaque)  # obj kept: its id stays unique
+            return key
+        finally:
+            self.active.discard(id(obj))
+            self.opaque |= outer
+
+    def _compound(self, obj: Any, t: type) -> Hashable:
+        if _importable(obj):
+            return _Id(obj)  # a library's own function or class: one object for the process
+        if isinstance(obj, (type, types.ModuleType, types.BuiltinFunctionType)):
+            self.opaque |= getattr(obj, "__module__", None) == "__main__"  # a notebook's class
+            return _Id(obj)
+        if isinstance(obj, np.dtype):
+            return np.dtype, obj
+        if t is tuple or (isinstance(obj, tuple) and hasattr(obj, "_fields")):  # NamedTuples
+            return t, tuple(map(self.key, obj))
+        if t in _MUTABLE:
+            items = obj.items() if isinstance(obj, dict) else obj
+            parts = tuple(self.key(v) for v in items)
+            return t, _Id(obj), frozenset(parts) if isinstance(obj, set) else parts
+        if t is frozenset:
+            return t, frozenset(map(self.key, obj))
+        if dataclasses.is_dataclass(obj):
+            state = vars(obj) if hasattr(obj, "__dict__") else {
+                f.name: getattr(obj, f.name, None) for f in dataclasses.fields(obj)}
+            frozen = type(obj).__dataclass_params__.frozen  # else: the object's identity too
+            return t, self.key(t), self._items(state), None if frozen else _Id(obj)
+        if isinstance(obj, functools.partial):
+            return t, self.key(obj.func), self.key(obj.args), self.key(obj.keywords)
+        if isinstance(obj, types.MethodType):
+            return t, self.key(obj.__func__), self.key(obj.__self__)
+        if isinstance(obj, types.FunctionType):
+            key = self._function(obj)
+            return _Id(obj) if self.opaque else key
+        if isinstance(obj, (jax.custom_jvp, jax.custom_vjp)):  # the function and its rules
+            rules = {k: v for k, v in vars(obj).items() if not k.startswith("__")}  # not docs
+            key = t, self._items(rules)
+            return _Id(obj) if self.opaque else key
+        if isinstance(obj, jax.Array) and not isinstance(obj, jax.core.Tracer):
+            return self._array(obj, immutable=True)
+        if isinstance(obj, (np.ndarray, np.generic)):
+            return self._array(obj, immutable=isinstance(obj, np.generic))
+        self.opaque = True
+        return _Id(obj)
+
+    def _function(self, fn: types.FunctionType) -> Hashable:
+        try:
+            cells = tuple(self.key(c.cell_contents) for c in fn.__closure__ or ())
+        except ValueError:  # an empty cell: a closure still being defined
+            self.opaque = True
+            return _Id(fn)
+        code, globs = fn.__code__, fn.__globals__
+        used = tuple((name, self.key(globs[name])) for name in _global_names(code)
+                     if name in globs)
+        defaults = self.key(fn.__defaults__), self._items(fn.__kwdefaults__ or {})
+        return types.FunctionType, code, defaults, cells, used
+
+    def _items(self, attributes: dict[str, Any]) -> Hashable:
+        """An object's own attribute dict, by contents: its identity is the object's."""
+        return tuple((name, self.key(v)) for name, v in attributes.items())
+
+    def _array(self, a: Any, *, immutable: bool) -> Hashable:
+        if immutable and np.size(a) > _MAX_ARRAY:
+            return _Id(a)  # exact, and no copy to the host
+        try:
+            v = np.asarray(a)
+        except Exception:  # typed PRNG keys, arrays on other hosts: no NumPy form here
+            return _Id(a)  # immutable (a JAX array): identity is exact
+        if v.dtype.hasobject or v.size > _MAX_ARRAY:
+            self.opaque = True
+            return _Id(a)
+        # the dtype itself (float8 / int4 kinds share one .str), and JAX's weak typing
+        key = type(a), v.dtype, v.shape, getattr(a, "weak_type", False), v.tobytes()
+        return key if immutable else (*key, _Id(a))
 
 
 def _importable(fn: Any) -> bool:
@@ -145,15 +210,3 @@ def _global_names(code: types.CodeType) -> tuple[str, ...]:
         if isinstance(const, types.CodeType):
             names.update(_global_names(const))
     return tuple(sorted(names))
-
-
-def _array(a: Any) -> Hashable:
-    if isinstance(a, jax.core.Tracer) or np.size(a) > _MAX_ARRAY:
-        return _Id(a)
-    try:
-        v = np.asarray(a)
-    except Exception:  # typed PRNG keys, arrays on other hosts: no NumPy form here
-        return _Id(a)
-    if v.dtype.hasobject:  # its bytes would be pointers
-        return _Id(a)
-    return type(a), v.dtype.str, v.shape, v.tobytes()

@@ -1,5 +1,9 @@
 """Static keys: equal when the programs would be, different whenever they could differ."""
 
+import collections
+import dataclasses
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +19,11 @@ SCALE = 2.0
 
 def _scaled(scale):
     return lambda x: scale * x
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frozen:
+    w: float
 
 
 def _recursive():
@@ -42,6 +51,10 @@ def test_fresh_optax_optimizers_models_and_rules_are_equal_keys():
     (_scaled(np.float32(1.0)), _scaled(np.float64(1.0))),
     (_scaled(jnp.arange(3.0)), _scaled(jnp.arange(1.0, 4.0))),
     (_scaled(object()), _scaled(object())),  # unknown objects: by identity
+    (_scaled(0.0), _scaled(-0.0)),  # equal floats, but 1 / x tells them apart
+    (_scaled(jnp.asarray(2.0)), _scaled(jnp.asarray(2.0, jnp.float32))),  # weak type
+    (_scaled(jnp.full(3, -1, jnp.int4)), _scaled(jnp.full(3, 15, jnp.uint4))),  # same bytes
+    (_scaled([1.0]), _scaled([1.0])),  # mutable: by identity and contents
 ])
 def test_anything_that_could_change_the_program_changes_the_key(a, b):
     assert Static(a) != Static(b)
@@ -49,11 +62,10 @@ def test_anything_that_could_change_the_program_changes_the_key(a, b):
 
 def test_equal_captured_values_give_equal_keys():
     assert Static(_scaled(jnp.arange(3.0))) == Static(_scaled(jnp.arange(3.0)))
-    token = object()
-    assert Static(_scaled(token)) == Static(_scaled(token))
-    big = np.zeros(10_000)  # compared by identity: equal only to itself
+    assert Static(_scaled(_Frozen(1.0))) == Static(_scaled(_Frozen(1.0)))
+    big = jnp.zeros(10_000)  # immutable, compared by identity: equal only to itself
     assert Static(_scaled(big)) == Static(_scaled(big))
-    assert Static(_scaled(big)) != Static(_scaled(np.zeros(10_000)))
+    assert Static(_scaled(big)) != Static(_scaled(jnp.zeros(10_000)))
 
 
 def test_a_referenced_global_is_part_of_the_key(monkeypatch):
@@ -61,6 +73,36 @@ def test_a_referenced_global_is_part_of_the_key(monkeypatch):
     before = Static(f)
     monkeypatch.setattr(f"{__name__}.SCALE", 3.0)
     assert Static(f) != before
+
+
+def test_objects_that_may_change_unseen_make_their_closure_compare_by_identity():
+    holder = types.SimpleNamespace(scale=1.0)
+    f = lambda x: holder.scale * x  # noqa: E731
+    before = Static(_scaled(holder))
+    holder.scale = 3.0  # a fresh closure over the changed holder must not reuse the old key
+    assert Static(_scaled(holder)) != before
+    assert Static(f) == Static(f)
+    counts = collections.defaultdict(float)  # its default_factory is not compared
+    assert Static(_scaled(counts)) != Static(_scaled(counts))
+    frozen = _Frozen(1.0)
+    object.__setattr__(frozen, "extra", 2.0)  # outside the fields, still compared
+    assert Static(_scaled(frozen)) != Static(_scaled(_Frozen(1.0)))
+    token = object()  # a generic object's attributes could change
+    assert Static(_scaled(token)) != Static(_scaled(token))
+    big = np.zeros(10_000)  # too large to snapshot, and writeable
+    assert Static(_scaled(big)) != Static(_scaled(big))
+
+
+def test_deep_and_shared_closures_get_keys_without_blowing_up():
+    f = lambda x: x  # noqa: E731
+    for _ in range(3000):  # deeper than Python's recursion limit: falls back to identity
+        f = _scaled(f)
+    assert Static(f) == Static(f)
+    layer = [lambda x: x, lambda x: -x]
+    for _ in range(60):  # 2**60 paths through shared helpers: the memo visits each once
+        g, h = layer
+        layer = [lambda x, g=g, h=h: g(x) + h(x), lambda x, g=g, h=h: g(x) * h(x)]
+    assert Static(layer[0]) == Static(layer[0])
 
 
 def test_a_key_snapshots_mutable_captured_values():
