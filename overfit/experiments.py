@@ -31,6 +31,7 @@ from overfit.display import (
 from overfit.early_stopping import EarlyStopping, patience, prechelt
 from overfit.scenario import Scenario
 from overfit.solve import fit_linear
+from overfit.static import Static
 from overfit.sweep import batch_size_for, grid, map_members, shape_groups, take
 from overfit.train import FitResult, default_loss, fit, score_outputs
 
@@ -118,21 +119,28 @@ def draw_sized(scenario: Scenario, key: jax.Array, n_draws: int, sizes: list[int
         data = jax.vmap(functools.partial(datasets.subsample, n=n_max, replace=bootstrap),
                         in_axes=(0, None))(jax.random.split(key, n_draws), full)
     elif d.source == "regression" and d.x_dist == "grid":
-        parts = [_pad_train(draw(replace(scenario, data=replace(d, n_train=n)), key, n_draws),
-                            n_max) for n in sizes]
-        data = jax.tree.map(lambda *a: np.concatenate(a), *parts)
+        data = _grid_draws(key, scenario=Static(scenario), n_draws=n_draws, sizes=tuple(sizes))
         index = np.arange(len(sizes) * n_draws).reshape(len(sizes), n_draws)
     else:
         data = draw(replace(scenario, data=replace(d, n_train=n_max)), key, n_draws)
     return Sized(data, index, weight, list(sizes))
 
 
-def _pad_train(data: datasets.Dataset, n: int) -> datasets.Dataset:
-    """A batch of data sets with zero rows appended to the training split, up to ``n``."""
+@functools.partial(jax.jit, static_argnames=("scenario", "n_draws", "sizes"))
+def _grid_draws(key: jax.Array, *, scenario: Static[Scenario], n_draws: int,
+                sizes: tuple[int, ...]) -> datasets.Dataset:
+    """:func:`draw` at every size, training splits zero-padded to the largest, stacked
+    size-major: ``(len(sizes) * n_draws, max(sizes), ...)``. One program rather than
+    one per size (a second each): XLA computes the sizes' shared parts (the noise,
+    the validation and test splits) once."""
+    sc, d, n_max = scenario.value, scenario.value.data, max(sizes)
+
     def pad(a):
-        a = np.asarray(a)
-        return np.pad(a, [(0, 0), (0, n - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
-    return datasets.map_train(pad, data)
+        return jnp.pad(a, [(0, 0), (0, n_max - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+
+    parts = [datasets.map_train(pad, draw(dataclasses.replace(
+        sc, data=dataclasses.replace(d, n_train=n)), key, n_draws)) for n in sizes]
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
 
 def build_model(scenario: Scenario, data: datasets.Dataset) -> models.Model:

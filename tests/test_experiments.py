@@ -180,11 +180,19 @@ def test_draw_sized_nests_generator_draws_and_pads_a_grid():
             sc.data, n_train=n)), key, 4)
         np.testing.assert_array_equal(sized.at(i).x_train, alone.x_train)
         np.testing.assert_array_equal(sized.at(i).y_val, alone.y_val)
-    grid = experiments.draw_sized(_learning([5, 9], x_dist="grid"), key, 4, [5, 9])
+    sc = _learning([5, 9], x_dist="grid")
+    grid = experiments.draw_sized(sc, key, 4, [5, 9])
     assert grid.data.x_train.shape == (8, 9, 1) and grid.index.tolist() == [[0, 1, 2, 3],
                                                                            [4, 5, 6, 7]]
     np.testing.assert_allclose(grid.at(0).x_train[2, :, 0], np.linspace(0, 1, 5), atol=1e-7)
     np.testing.assert_array_equal(grid.data.x_train[0, 5:], 0.0)
+    for i, n in enumerate((5, 9)):  # one program for every size, the draws of one per size
+        alone = experiments.draw(dataclasses.replace(sc, data=dataclasses.replace(
+            sc.data, n_train=n)), key, 4)
+        for split in ("x_train", "y_train", "f_train", "x_test", "y_val"):
+            # float32 round-off: XLA fuses the one program's arithmetic differently
+            np.testing.assert_allclose(getattr(grid.at(i), split), getattr(alone, split),
+                                       rtol=1e-6, atol=1e-7)
 
 
 def test_a_fixed_data_set_learns_on_random_subsets_of_its_training_split():
