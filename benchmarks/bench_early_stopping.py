@@ -17,10 +17,11 @@ history recorded every epoch (``eval_every=1``). Rows:
 Goals (from the issue): the never-triggering rule adds under 10 % to the
 baseline, and the all-stop batch finishes proportionally sooner.
 
-Model, optimizer and rule objects are created once and reused: ``fit``'s jit
-cache keys on their identity. The first call of each row compiles (its compile
-time is reported separately, from ``jax.monitoring`` events); the steady time is
-the fastest of ``--repeat`` further calls, blocking on ``result.params``.
+Model, optimizer and rule objects are created once and reused (an equal fresh
+one would hit ``fit``'s compile cache too: ``overfit/static.py``). The first call
+of each row compiles (its compile time is reported separately, from
+``jax.monitoring`` events); the steady time is the fastest of ``--repeat``
+further calls, blocking on ``result.params``.
 
     python benchmarks/bench_early_stopping.py            # ~1 min on 2 cores
     python benchmarks/bench_early_stopping.py --quick    # smoke test
@@ -98,7 +99,7 @@ def main() -> None:
     data = regression(jax.random.fold_in(key, 1), target="sin", n_train=64, n_val=64,
                       noise=0.3)
     keys = jax.random.split(jax.random.fold_in(key, 2), args.models)
-    model, opt = mlp(1, (32, 32)), optax.adam(1e-2)  # once: the jit cache keys on identity
+    model, opt = mlp(1, (32, 32)), optax.adam(1e-2)  # built once (equal fresh ones would do)
     never_restore = patience(patience=10**6)
     never_plain = patience(patience=10**6, restore_best=False)
     stops = patience(patience=args.patience)

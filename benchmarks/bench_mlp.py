@@ -98,26 +98,20 @@ def mse_of(pred: np.ndarray, y: np.ndarray) -> float:
 
 
 def bench_overfit(data, x, y, n_models: int, steps: int, lr: float, eval_every: int,
-                  repeat: int, clock: CompileClock, reuse_stopper: bool = False) -> Row:
+                  repeat: int, clock: CompileClock) -> Row:
     import jax
     import optax
 
-    from overfit.early_stopping import never
     from overfit.models import mlp
     from overfit.train import fit
 
     keys = jax.random.split(jax.random.key(0), n_models)
-    # Fresh objects: fit's jit cache is keyed on the model's and optimizer's
-    # identity, so the first call below traces and compiles.
+    # fit's compile cache keys on what these compute (overfit/static.py): the
+    # first call below compiles because its shapes (n_models) are new to this run.
     model, opt = mlp(1, HIDDEN), optax.adam(lr)
-    # fit() builds early_stopping=None into a fresh never() rule, whose new
-    # closures may defeat the jit cache; one rule object passed to every call
-    # is the workaround.
-    stopper = never() if reuse_stopper else None
 
     def run():
-        result = fit(model, data, key=keys, optimizer=opt, epochs=steps, eval_every=eval_every,
-                     early_stopping=stopper)
+        result = fit(model, data, key=keys, optimizer=opt, epochs=steps, eval_every=eval_every)
         return jax.block_until_ready(result)
 
     before = clock.seconds
@@ -140,9 +134,7 @@ def bench_overfit(data, x, y, n_models: int, steps: int, lr: float, eval_every: 
     if not math.isclose(last, mse, rel_tol=1e-3, abs_tol=1e-6):
         notes.append(f"history says train MSE {last:.3g}!")
     label = f"overfit fit(), eval_every={eval_every}"
-    if reuse_stopper:
-        label += ", early_stopping=never() reused"
-    elif eval_every == 1:
+    if eval_every == 1:
         label += " (the issue's call)"
     return Row(label, n_models, e2e, min(steady), mse, "; ".join(notes), compile_s, recompiled)
 
@@ -484,11 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.steps % e:
                 print(f"(eval_every={e} does not divide --steps={args.steps}: row skipped)")
                 continue
-            row = bench_overfit(data, x, y, m, args.steps, args.lr, e, args.repeat, clock)
-            rows.append(row)
-            if row.recompiled:  # time the workaround too, so "once compiled" means something
-                rows.append(bench_overfit(data, x, y, m, args.steps, args.lr, e, args.repeat,
-                                          clock, reuse_stopper=True))
+            rows.append(bench_overfit(data, x, y, m, args.steps, args.lr, e, args.repeat,
+                                      clock))
         rows.append(bench_jax_reference(x, y, m, args.steps, args.lr, args.repeat, clock))
         if not args.no_peers:
             rows.append(loop_row("scikit-learn MLPRegressor loop", sk, n_sk, m))

@@ -22,7 +22,7 @@ from overfit.models import linear, mlp, polynomial
 from overfit.solve import solve
 from overfit.train import evaluate, fit, objective
 
-NEVER = never()  # one rule object: fit's compile cache keys on its identity
+NEVER = never()
 
 
 def _dataset(x, y, f, n_train, n_val, task="regression", n_classes=0) -> Dataset:
