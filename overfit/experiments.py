@@ -651,15 +651,17 @@ def learning_curves(scenario: Scenario) -> tuple[Rows, Figures]:
 
 
 REMEDIES = ("baseline", "more data", "smaller model", "L2", "dropout", "early stopping")
-SAME_DATA = ("baseline", "smaller model", "L2", "dropout")
-"""The arms that differ only in per-member hparams: one compiled call trains them all."""
 
 
 def remedies(scenario: Scenario) -> tuple[Rows, Figures]:
     """The lesson's remedies side by side on one overfitting set-up.
 
-    Three compiled calls: the four arms on the base data (their remedies are per-member
-    width, L2 strength and drop rate), more data (another shape) and early stopping.
+    Every arm is the baseline with one change: repeat ``s`` of every arm starts
+    from the same initialisation, on the same training points (more data: those
+    points and more, :func:`draw_sized`), so arms differ by their remedy alone.
+    Three compiled calls: the four arms on the base data (their remedies are
+    per-member width, L2 strength and drop rate), more data (another shape) and
+    early stopping (compiled into the loop).
     """
     if scenario.early_stopping.rule == "none":
         raise ValueError("kind='remedies' needs early_stopping.rule for its early-stopping arm.")
@@ -672,35 +674,38 @@ def remedies(scenario: Scenario) -> tuple[Rows, Figures]:
                          f"data.source={scenario.data.source!r}, a fixed data set.")
     replace, n_seeds = dataclasses.replace, scenario.sweep.seeds
     key_data, key_model = _keys(scenario)
-    base = replace(scenario, sweep=replace(scenario.sweep, capacity=[]))
-    # dropout compiled in for all four arms; a member's rate of 0 drops nothing
-    shared = replace(base, model=replace(scenario.model, drop_rate=_require(scenario,
-                                                                          "drop_rate")[0]))
-    more = replace(base, data=replace(scenario.data, n_train=_require(scenario, "n_train")[0]))
-    data = draw(base, key_data, n_seeds)
-    model = build_model(shared, data)
-    arms = {"baseline": {}, "smaller model": {model.capacity: _require(scenario, "capacity")[0]},
-            "L2": {"l2": _require(scenario, "l2")[0]},
-            "dropout": {"drop_rate": shared.model.drop_rate}}
+    # dropout compiled in for every arm; a member's rate of 0 drops nothing
+    shared = replace(scenario, sweep=replace(scenario.sweep, capacity=[]),
+                     model=replace(scenario.model, drop_rate=_require(scenario, "drop_rate")[0]))
+    sized = draw_sized(shared, key_data, n_seeds,
+                       [scenario.data.n_train, _require(scenario, "n_train")[0]])
+    base, more = sized.at(0), sized.at(1)
+    model = build_model(shared, base)
+    plain = build_model(replace(shared, model=scenario.model), base)  # no dropout to run
     defaults = {model.capacity: _own_capacity(model), "l2": scenario.train.l2, "drop_rate": 0.0}
-    hp = {k: np.repeat([arm.get(k, v) for arm in arms.values()], n_seeds)
-          for k, v in defaults.items()}
-    result = train_grid(shared, model, data, hp, key_model, stop=False)
-    values = grid_scores(shared, model, result, data)
-    results = {name: (model, jax.tree.map(lambda a, i=i: a[i * n_seeds:(i + 1) * n_seeds], result),
-                      data, {k: v[i * n_seeds:(i + 1) * n_seeds] for k, v in values.items()})
-               for i, name in enumerate(SAME_DATA)}
-    for name, variant, variant_data, stop in (
-            ("more data", more, draw(more, key_data, n_seeds), False),
-            ("early stopping", base, data, True)):
-        variant_model = build_model(variant, variant_data)
-        result = train_grid(variant, variant_model, variant_data, {}, key_model, stop=stop)
-        results[name] = (variant_model, result, variant_data,
-                         grid_scores(variant, variant_model, result, variant_data))
+
+    def train(model: models.Model, arms: dict[str, dict], data: datasets.Dataset,
+              stop: bool) -> dict[str, tuple]:
+        hp = {k: np.repeat([arm.get(k, defaults[k]) for arm in arms.values()], n_seeds)
+              for k in dict.fromkeys(k for arm in arms.values() for k in arm)}
+        result = train_grid(shared, model, data, hp, key_model, stop=stop,
+                            key_index=np.tile(np.arange(n_seeds), len(arms)))
+        values = grid_scores(shared, model, result, data)
+        return {name: (model, jax.tree.map(lambda a, s=slice(i * n_seeds, (i + 1) * n_seeds):
+                                           a[s], result),
+                       data, {k: v[i * n_seeds:(i + 1) * n_seeds] for k, v in values.items()})
+                for i, name in enumerate(arms)}
+
+    results = {**train(model, {"baseline": {},
+                               "smaller model": {model.capacity: _require(scenario, "capacity")[0]},
+                               "L2": {"l2": _require(scenario, "l2")[0]},
+                               "dropout": {"drop_rate": shared.model.drop_rate}}, base, stop=False),
+               **train(plain, {"more data": {}}, more, stop=False),
+               **train(plain, {"early stopping": {}}, base, stop=True)}
     results = {name: results[name] for name in REMEDIES}
     rows = [{"remedy": name, **row} for name, r in results.items()
             for row in _rows({"seed": range(n_seeds)}, r[3])]
-    name = "accuracy" if data.task == "classification" else "mse"
+    name = "accuracy" if base.task == "classification" else "mse"
     test = "test_risk" if name == "mse" else f"test_{name}"
     fig, (ax,) = panels(1, size=(7, 4.2))
     ComparisonDisplay(list(REMEDIES), {
@@ -709,7 +714,7 @@ def remedies(scenario: Scenario) -> tuple[Rows, Figures]:
         ylabel=name if name == "accuracy" else "mean squared error (test: vs truth f)",
         title=scenario.title or "Remedies for overfitting").plot(ax=ax)
     figures = {"remedies": fig}
-    if data.task == "regression" and data.n_features == 1:
+    if base.task == "regression" and base.n_features == 1:
         figures["remedies_fits"] = _remedy_fits(scenario, results)
     return rows, figures
 

@@ -109,6 +109,24 @@ def test_remedies_need_an_mlp_and_a_generator():
         experiments.remedies(scenario.load(path, ["data.source='real'"]))
 
 
+def test_remedy_arms_differ_by_their_remedy_alone():
+    """Repeat s of every arm starts alike on the same points: a remedy turned off (no L2,
+    no dropout, no extra points) gives the baseline's numbers; the smaller model does not."""
+    path = SCENARIOS[[p.stem for p in SCENARIOS].index("remedies")]
+    sc = scenario.load(path, [*SHRINK, "train.epochs=30", "sweep.l2=[0.0]",
+                              "sweep.drop_rate=[0.0]", "sweep.n_train=[20]"])
+    assert sc.data.n_train == 20 and sc.train.l2 == 0
+    rows, figures = experiments.remedies(sc)
+    for fig in figures.values():
+        plt.close(fig)
+    arm = {name: np.array([[r[k] for k in ("train_mse", "val_mse", "test_risk")]
+                           for r in rows if r["remedy"] == name]) for name in experiments.REMEDIES}
+    assert arm["baseline"].shape == (3, 3) and np.all(np.diff(arm["baseline"][:, 0]) != 0)
+    for name in ("L2", "dropout", "more data"):
+        np.testing.assert_allclose(arm[name], arm["baseline"], rtol=1e-5, err_msg=name)
+    assert np.all(np.abs(arm["smaller model"] - arm["baseline"]) > 1e-4)
+
+
 @pytest.mark.parametrize("kind,sweep,field", [
     ("bias_variance", "sweep.noise=[0.1, 0.2]", "noise"),
     ("bias_variance", "sweep.flip=[0.0, 0.1]", "flip"),
@@ -218,7 +236,7 @@ def test_a_scenario_killed_mid_sweep_resumes_from_its_chunks(tmp_path, caplog):
     import time
 
     path = SCENARIOS[[p.stem for p in SCENARIOS].index("dropout")]
-    sets = ["sweep.seeds=2", "train.epochs=20", "data.n_test=50", "sweep.chunk_size=1"]
+    sets = ["sweep.seeds=2", "train.epochs=5", "data.n_test=50", "sweep.chunk_size=1"]
     cmd = [sys.executable, "-m", "overfit.cli", "run", str(path),
            *sum((["--set", s] for s in sets), [])]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "OVERFIT_NO_COMPILE_CACHE": "1"}
