@@ -228,15 +228,17 @@ def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
     point uses draw ``s``), so grid points are compared on the same data.
     ``weight`` (``(M, n_train)``; closed form or full batch) weighs each
     member's training points (0/1: the rows a padded size uses, :class:`Sized`).
-    Member ``m`` initialises from key number ``key_index[m]`` (default ``m``)
-    of a split of ``key``: members with one index start alike (e.g. the same
-    random features at every training-set size).
+    Member ``m`` initialises from key number ``key_index[m]`` of a split of
+    ``key`` (default: repeat ``s`` of every grid point uses key ``s``): members
+    with one index start alike (the same random features or initial weights at
+    every knob value), so a curve over the grid moves with the knob alone.
     ``stop=False`` ignores the early-stopping section (to compare with and
     without). Returns a :class:`FitResult`, or :class:`Solved` for closed form.
     """
     t, n_seeds = scenario.train, scenario.sweep.seeds
     n_members = len(next(iter(hparams.values()))) if hparams else n_seeds
-    keys = _member_keys(key, n_members if key_index is None else key_index)
+    keys = _member_keys(key, np.arange(n_members) % n_seeds if key_index is None
+                        else key_index)
     x64 = use_x64(scenario)
     if t.method == "closed_form":
         index = draw_indices(data, n_members, n_seeds, draw_index)
@@ -253,10 +255,8 @@ def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
                    chunk_size=scenario.sweep.chunk_size or None)
 
 
-def _member_keys(key: jax.Array, index: int | np.ndarray) -> jax.Array:
-    """``split(key, index)``, or with an index array the split's keys at ``index``."""
-    if np.ndim(index) == 0:
-        return jax.random.split(key, int(index))
+def _member_keys(key: jax.Array, index: np.ndarray) -> jax.Array:
+    """The keys at ``index`` of a split of ``key`` (one split whatever the members)."""
     index = np.asarray(index)
     return _split_at(key, index, n=int(index.max()) + 1)
 
@@ -614,11 +614,9 @@ def learning_curves(scenario: Scenario) -> tuple[Rows, Figures]:
     if padded_sizes(scenario, sizes):
         flat, _ = grid(size=range(len(sizes)), value=range(len(caps)), seed=range(n_seeds))
         draw_index, weight = sized.index[flat["size"], flat["seed"]], sized.weight[flat["size"]]
-        # a (capacity, set) pair starts alike at every size, as in a run per size
         result = train_grid(scenario, model, sized.data,
                             {column: np.asarray(caps)[flat["value"]]}, key_model,
-                            draw_index=draw_index, weight=weight,
-                            key_index=flat["value"] * n_seeds + flat["seed"])
+                            draw_index=draw_index, weight=weight)
         values = grid_scores(scenario, model, result, sized.data, draw_index, weight)
     else:
         flat, _ = grid(value=caps, seed=range(n_seeds))
@@ -688,8 +686,7 @@ def remedies(scenario: Scenario) -> tuple[Rows, Figures]:
               stop: bool) -> dict[str, tuple]:
         hp = {k: np.repeat([arm.get(k, defaults[k]) for arm in arms.values()], n_seeds)
               for k in dict.fromkeys(k for arm in arms.values() for k in arm)}
-        result = train_grid(shared, model, data, hp, key_model, stop=stop,
-                            key_index=np.tile(np.arange(n_seeds), len(arms)))
+        result = train_grid(shared, model, data, hp, key_model, stop=stop)
         values = grid_scores(shared, model, result, data)
         return {name: (model, jax.tree.map(lambda a, s=slice(i * n_seeds, (i + 1) * n_seeds):
                                            a[s], result),
@@ -850,8 +847,10 @@ def _decomposition_grid(scenario: Scenario, field: str | None
         knob, values = (model.capacity if field == "capacity" else field), getattr(
             scenario.sweep, field)
     flat, _ = grid(value=values, seed=range(n_sets), init=range(n_inits))
+    # (set, init) starts alike at every value, as at every size (_decomposition_sizes)
     return knob, *_terms(scenario, model, data, {knob: flat["value"]}, key_model,
-                         flat["seed"], len(values))
+                         flat["seed"], len(values),
+                         key_index=flat["seed"] * n_inits + flat["init"])
 
 
 def _decomposition_sizes(scenario: Scenario, sizes: list[int]

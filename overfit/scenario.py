@@ -139,7 +139,8 @@ class SweepConfig:
                               "double_descent)", lo=0.0)
     flip: list[float] = knob([], "label-flip rates (data.flip) to sweep (bias_variance)",
                              lo=0.0, hi=1.0, hi_open=True)
-    seeds: int = knob(10, "repeats per grid point (training-set draws)", lo=1)
+    seeds: int = knob(10, "repeats per grid point; repeat s has the same training set and "
+                      "initialisation at every point", lo=1)
     inits: int = knob(1, "initialisations per training set (bias_variance)", lo=1)
     chunk_size: int = knob(0, "members trained per compiled call (0: from a memory estimate); "
                            "finished chunks are kept, so a killed run resumes mid-sweep", lo=0)

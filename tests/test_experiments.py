@@ -317,3 +317,17 @@ def test_train_precision_switches_solves_and_training_between_float32_and_float6
                                rtol=1e-3)
     with pytest.raises(ValueError, match="train.precision"):
         scenario.from_dict({**base, "train": {"precision": "float16"}})
+
+
+def test_repeat_s_of_every_grid_point_starts_from_the_same_initialisation():
+    """Two grid points with one L2 value are the same experiment: repeat s trains on the
+    same set from the same initial weights, so its numbers match across the points
+    (and differ between repeats), as a paired comparison across knob values needs."""
+    rows = _run("validation_curve",
+                data={"source": "regression", "target": "sin", "n_train": 12, "noise": 0.3},
+                model={"kind": "mlp", "hidden": [8]},
+                train={"epochs": 30, "learning_rate": 0.01, "eval_every": 10},
+                sweep={"l2": [1e-3, 1e-3], "seeds": 3})
+    by_point = np.array([r["val_mse"] for r in rows]).reshape(2, 3)
+    np.testing.assert_array_equal(by_point[0], by_point[1])
+    assert len(set(by_point[0])) == 3
