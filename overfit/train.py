@@ -317,8 +317,11 @@ class _Trainer(NamedTuple):
         va = score_outputs(out_va, data.y_val, self.config.loss, data.task)
         values = tuple(jnp.asarray(v, jnp.float32) for v in (tr[0], va[0], tr[1], va[1]))
         # a member whose training loss turns NaN or inf keeps its last finite
-        # parameters and is flagged; the rest of the sweep trains on
+        # parameters and is flagged; the rest of the sweep trains on. A member the
+        # rule has stopped is finished: what its discarded steps do is no divergence
         hit = (member.diverged < 0) & ~jnp.isfinite(values[0])
+        if stopper is not never():
+            hit = hit & ~member.stop.stopped
         frozen = (member.diverged >= 0) | hit
         params = _select(frozen, member.params, params)
         diverged = jnp.where(hit, check, member.diverged)

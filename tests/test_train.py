@@ -411,6 +411,22 @@ def test_a_diverging_member_is_frozen_and_flagged_while_the_rest_train_on():
         np.testing.assert_array_equal(healthy.diverged_epoch, [-1, -1])
 
 
+def test_a_member_stopped_by_its_rule_is_never_flagged_as_diverged_afterwards():
+    """Member 1 takes good steps, then steps of 3.0 on a cubic: its validation loss turns
+    up at once (patience 0 stops it at epoch 3, best epoch 2 restored), and only later
+    would its loss overflow. A stopped member is finished, so it is not 'diverged'."""
+    data = regression(jax.random.key(0), n_train=20, noise=0.1)
+    schedule = lambda h: optax.sgd(  # noqa: E731
+        lambda step: jnp.where(h["big"] > 0, jnp.where(step < 3, 0.3, 3.0), 0.01))
+    res = fit(polynomial(3), data, key=jax.random.split(jax.random.key(0), 2),
+              optimizer=schedule, epochs=60, hparams={"big": jnp.array([0, 1])},
+              early_stopping=patience(patience=0))
+    np.testing.assert_array_equal(res.stop_epoch, [59, 3])
+    np.testing.assert_array_equal(res.best_epoch, [59, 2])
+    np.testing.assert_array_equal(res.diverged_epoch, [-1, -1])
+    assert np.isfinite(res.test_loss).all()
+
+
 def test_weak_and_strong_typed_hparams_share_one_compile():
     """jnp.full(4, 0.2) is weakly typed, jnp.zeros(4) and numpy float32 are not: the same
     sweep must not recompile because of how its values were written."""
