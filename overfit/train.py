@@ -478,7 +478,8 @@ def fit(
 
     Returns:
         A :class:`FitResult`; with ``M`` members every leaf has a leading ``M``
-        axis and ``history`` curves are ``(M, epochs)``.
+        axis and ``history`` curves are ``(M, epochs // eval_every)`` (one value
+        per evaluation, float32 whatever the precision).
     """
     epochs = check_int("epochs", epochs, lo=1)
     if batch_size is not None:
