@@ -319,9 +319,8 @@ class _Trainer(NamedTuple):
         # a member whose training loss turns NaN or inf keeps its last finite
         # parameters and is flagged; the rest of the sweep trains on. A member the
         # rule has stopped is finished: what its discarded steps do is no divergence
-        hit = (member.diverged < 0) & ~jnp.isfinite(values[0])
-        if stopper is not never():
-            hit = hit & ~member.stop.stopped
+        done = member.stop.stopped  # always False under never()
+        hit = (member.diverged < 0) & ~done & ~jnp.isfinite(values[0])
         frozen = (member.diverged >= 0) | hit
         params = _select(frozen, member.params, params)
         diverged = jnp.where(hit, check, member.diverged)
@@ -333,7 +332,6 @@ class _Trainer(NamedTuple):
         stop = stopper.update(member.stop, check, _monitored(stopper.monitor, values),
                               _monitored(stopper.monitor.replace("val_", "train_"), values))
         stop = _select(frozen, member.stop, stop)  # the rule never sees a diverged evaluation
-        done = member.stop.stopped
         # A stopped member's rule state no longer changes (the rules guard it), so
         # nothing can improve on its best: only what is returned needs freezing, the
         # best parameters (restore_best) or else the parameters themselves. The
