@@ -11,7 +11,8 @@ spirit of optax transforms:
   ``k`` epochs.
 
 Epochs are counted from 0. ``best_epoch`` is the epoch whose parameters are
-restored; ``stop_epoch`` the last epoch trained (or -1 while running).
+restored (-1 until a monitored epoch improves: then nothing is restored, as in
+Keras); ``stop_epoch`` the last epoch trained (or -1 while running).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _init(k: int = 1) -> Callable[[], StopState]:
         zero = jnp.asarray(0, jnp.int32)
         return StopState(
             best=jnp.asarray(jnp.inf, jnp.float32),
-            best_epoch=zero,
+            best_epoch=jnp.asarray(-1, jnp.int32),
             wait=zero,
             stopped=jnp.asarray(False),
             stop_epoch=jnp.asarray(-1, jnp.int32),

@@ -352,7 +352,11 @@ class _Trainer(NamedTuple):
         # without restoring, the returned parameters are those of the last epoch trained
         params, best = member.params, stop
         if stopper.restore_best:
-            params, best = member.best_params, jnp.minimum(member.stop.best_epoch, stop)
+            # a rule that never saw a monitored evaluation (start_from_epoch beyond
+            # the run) has nothing to restore: the last parameters stand, as in Keras
+            restored = member.stop.best_epoch >= 0
+            params = _select(restored, member.best_params, params)
+            best = jnp.where(restored, jnp.minimum(member.stop.best_epoch, stop), stop)
         diverged = jnp.where(member.diverged >= 0, (member.diverged + 1) * every - 1, -1)
         return (params, (best + 1) * every - 1, (stop + 1) * every - 1,
                 *self.measure(params, state, data.x_test, data.y_test, data.task),

@@ -335,6 +335,21 @@ def test_without_restore_best_the_best_epoch_is_the_stop_epoch(stopped_runs):
     np.testing.assert_array_equal(batch.best_epoch, batch.stop_epoch)
 
 
+def test_a_rule_that_monitored_nothing_restores_nothing(stopped_runs):
+    """start_from_epoch beyond the run: no evaluation was ever monitored, so (as in
+    Keras) the last parameters are returned, not those of the first check."""
+    datas, _, _ = stopped_runs
+    rule = patience(patience=2, start_from_epoch=500)
+    batch = fit(POLY, _stack(*datas), key=jax.random.split(jax.random.key(1), 4),
+                optimizer=OPT, epochs=40, eval_every=2, early_stopping=rule)
+    np.testing.assert_array_equal(batch.best_epoch, 39)
+    np.testing.assert_array_equal(batch.stop_epoch, 39)
+    val = np.asarray(batch.history.val_loss)
+    assert np.all(np.abs(val[:, -1] - val[:, 0]) > 0.05 * val[:, 0])  # the check-0 ones differ
+    val_loss, _, _ = _evaluate_members(batch, _stack(*datas))
+    np.testing.assert_allclose(val_loss, val[:, -1], rtol=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore:scatter inputs have incompatible types:FutureWarning")
 def test_early_stopping_in_fit_under_x64():
     data = _noisy_cos(5)
