@@ -42,6 +42,8 @@ import jax
 import jax.extend
 import numpy as np
 
+from overfit._checks import check_int
+
 Program = Callable[[Any, Any], Any]  # (members with a leading axis, shared) -> outputs
 _CHUNK_FILE = re.compile(r"^(\d{9})-(\d{9})\.npz$")
 log = logging.getLogger("overfit")
@@ -386,7 +388,7 @@ def run_chunks(
     out_tree, per_member = _traced(body, *_signature(host, shared))
     if chunk_size is None:
         chunk_size = chunk_size_for(per_member, _nbytes(shared), devices, n_members=n)
-    size = min(max(int(chunk_size), 1), n)
+    size = min(check_int("chunk_size", chunk_size, lo=1), n)
     size = -(-n // -(-n // size))  # chunks of equal size: 32 at most 28 -> 2 x 16, not 28 + 4
     size = -(-size // len(devices)) * len(devices)
 

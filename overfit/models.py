@@ -19,9 +19,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
-from overfit._checks import check_choice, check_int, check_range
+from overfit._checks import check_choice, check_int, check_range, is_concrete
 from overfit.activations import ACTIVATIONS
 from overfit.kernels import has_kernel, mlp_mse_grad
 
@@ -275,6 +276,13 @@ def mlp(
         check_range("width", width, lo=1, hi=max_width)
         check_range("drop_rate", drop_rate, lo=0.0, hi=1.0, hi_open=True)
         check_range("input_drop_rate", input_drop_rate, lo=0.0, hi=1.0, hi_open=True)
+        if not stochastic:
+            for name, q in (("drop_rate", drop_rate), ("input_drop_rate", input_drop_rate)):
+                if is_concrete(q) and np.any(np.asarray(q) > 0):
+                    raise ValueError(
+                        f"{name}={np.asarray(q).tolist()} given to init, but this mlp was built "
+                        "without dropout, so none would be applied: build it with a positive "
+                        f"{name} (e.g. mlp(..., {name}=0.5)) to sweep rates per member.")
         live = live_sizes(jnp.asarray(width))
         params = []
         for i, (k, (m, n), fan_in) in enumerate(zip(
@@ -324,8 +332,9 @@ def dropout(x: Array, drop_rate: Array | float, *, key: Array) -> Array:
     """Inverted dropout: zero each entry with probability ``drop_rate``, scale the rest.
 
     ``E[dropout(x)] = x`` and ``Var = x^2 q / (1 - q)``; ``drop_rate = 0`` is the
-    identity. ``drop_rate`` may be traced (a vmapped axis).
+    identity. ``drop_rate`` may be traced (a vmapped axis); a concrete one must lie in [0, 1).
     """
+    check_range("drop_rate", drop_rate, lo=0.0, hi=1.0, hi_open=True)
     keep = 1.0 - drop_rate
     mask = jax.random.uniform(key, x.shape) < keep
     return jnp.where(mask, x / keep, 0.0)

@@ -503,6 +503,8 @@ def fit(
                              f"(allowed: {list(model.hparams + TRAIN_HPARAMS)}) "
                              "and the optimizer takes none.")
     _check_model_hparams(model, hparams)
+    _check_members(key, data, hparams)
+    _check_inputs(model, data.x_train.shape[-2:], data.x_train.dtype)
     if weight is not None:
         hparams = {**hparams, _WEIGHT: _check_weight(weight, data, batch_size, key)}
     stopper = never() if early_stopping is None else early_stopping
@@ -547,6 +549,48 @@ def _check_weight(weight: Any, data: Dataset, batch_size: int | None, key: Array
         raise ValueError(f"weight has shape {weight.shape}; allowed: "
                          f"{' or '.join(map(str, shapes))} (members x training points).")
     return weight
+
+
+def _check_members(key: Array, data: Dataset, hparams: Mapping[str, Array]) -> None:
+    """Every per-member input has the keys' leading ``M`` axis; one key takes none.
+
+    Without this a shorter ``hparams`` leaf silently drops members and a longer
+    one fails deep inside the chunking with a bare IndexError.
+    """
+    dtype = getattr(key, "dtype", None)
+    if dtype is None or not (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+                             or (dtype == jnp.uint32 and jnp.shape(key)[-1:] == (2,))):
+        raise ValueError(f"key must be a PRNG key, jax.random.key(seed), or M of them "
+                         f"(jax.random.split(key, M)); got {type(key).__name__} {key!r:.60}.")
+    leaves = jax.tree_util.tree_flatten_with_path(data)[0]
+    fields = {"data" + jax.tree_util.keystr(path): jnp.shape(a) for path, a in leaves}
+    if not _is_key_batch(key):
+        if data.x_train.ndim != 2 or any(jnp.ndim(v) for v in hparams.values()):
+            shapes = {**{k: s for k, s in fields.items() if k.endswith("x_train")},
+                      **{f"hparams[{k!r}]": jnp.shape(v) for k, v in hparams.items()}}
+            raise ValueError(f"one key trains one model: data.x_train must be (n, d) and every "
+                             f"hparams value a scalar; got {shapes}. To train M members, pass "
+                             "M keys (jax.random.split(key, M)).")
+        return
+    m = key.shape[0]
+    sizes = {f"hparams[{k!r}]": jnp.shape(v)[0] for k, v in hparams.items() if jnp.ndim(v)}
+    if data.x_train.ndim == 3:
+        sizes.update({k: s[0] for k, s in fields.items() if s})
+    wrong = {k: s for k, s in sizes.items() if s != m}
+    if wrong:
+        raise ValueError(f"key holds M={m} keys, so per-member inputs need a leading axis of "
+                         f"{m}; got " + ", ".join(f"{k}: {s}" for k, s in wrong.items()) + ".")
+
+
+@functools.lru_cache(maxsize=64)
+def _check_inputs(model: Model, x_shape: tuple[int, ...], x_dtype: Any) -> None:
+    """A model built for other inputs fails here, by name, not deep inside tracing."""
+    params, state = jax.eval_shape(model.init, jax.random.key(0))
+    try:
+        jax.eval_shape(model.apply, params, state, jax.ShapeDtypeStruct(x_shape, x_dtype))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the model does not take data.x_train rows of {x_shape[-1]} "
+                         f"feature(s) (was it built with n_in={x_shape[-1]}?): {e}") from None
 
 
 def _check_model_hparams(model: Model, hparams: Mapping[str, Any]) -> None:

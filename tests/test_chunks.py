@@ -107,6 +107,12 @@ def test_other_errors_are_not_retried(monkeypatch):
         chunks.run_chunks(_square_plus, _members(3), shared=jnp.float32(0), chunk_size=1)
 
 
+def test_a_chunk_size_below_one_is_refused_not_clamped():
+    for size in (0, -3):
+        with pytest.raises(ValueError, match=rf"chunk_size={size} is out of range"):
+            chunks.run_chunks(_square_plus, _members(3), shared=jnp.float32(0), chunk_size=size)
+
+
 def test_a_killed_run_resumes_from_its_stored_chunks(tmp_path, monkeypatch):
     """The run dies in its third chunk: two chunk files remain (no partial ones); the
     rerun computes only the rest and returns what an uninterrupted run returns."""

@@ -373,6 +373,30 @@ def test_bad_fit_arguments(reg_data):
         fit(model, reg_data, key=key, early_stopping=patience(monitor="val_accuracy"))
 
 
+def test_per_member_inputs_must_agree_with_the_keys(reg_data):
+    """A shorter knob used to drop members silently, a longer one to end in a bare
+    IndexError, stacked data under one key to train a nonsense broadcast."""
+    key, model = jax.random.key(0), polynomial(3)
+    keys = jax.random.split(key, 3)
+    stacked = _stack(reg_data, reg_data)
+    for hp in ([1, 2], [1, 2, 3, 3]):
+        with pytest.raises(ValueError, match=rf"M=3 .* got hparams\['degree'\]: {len(hp)}\."):
+            fit(model, reg_data, key=keys, hparams={"degree": jnp.array(hp)})
+    with pytest.raises(ValueError, match=r"M=3 .* got data.x_train: 2, data.y_train: 2"):
+        fit(model, stacked, key=keys)
+    with pytest.raises(ValueError, match=r"one key trains one model.*\(2, 40, 1\).*split"):
+        fit(model, stacked, key=key)
+    with pytest.raises(ValueError, match=r"one key.*\"hparams\['degree'\]\": \(2,\)"):
+        fit(model, reg_data, key=key, hparams={"degree": jnp.array([1, 2])})
+    with pytest.raises(ValueError, match="key must be a PRNG key.*got int 0"):
+        fit(model, reg_data, key=0)
+    with pytest.raises(ValueError, match=r"does not take data.x_train rows of 1 feature.*n_in=1"):
+        fit(mlp(3, (8,)), reg_data, key=key)
+    # a per-member dropout rate on a network compiled without dropout would be a no-op
+    with pytest.raises(ValueError, match=r"drop_rate=0.5 given to init.*mlp\(\.\.\., drop_rate"):
+        fit(mlp(1, (8,)), reg_data, key=keys[:2], hparams={"drop_rate": jnp.array([0.0, 0.5])})
+
+
 # ----------------------------------------------------------------------------- compile cache
 
 
