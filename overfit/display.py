@@ -22,6 +22,7 @@ if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
 import matplotlib.pyplot as plt
 import numpy as np
 
+from overfit._checks import check_choice
 from overfit.train import FitResult
 
 
@@ -39,6 +40,17 @@ def _finish(display: Any, ax: plt.Axes, *, xlabel: str = "", ylabel: str = "",
     ax.legend(frameon=False, fontsize="small")
     display.ax_, display.figure_ = ax, ax.figure
     return display
+
+
+def _columns(field: str, values: Any, n_x: int) -> np.ndarray:
+    """``values`` as ``(n_x, n_repeats)``: one row per x, repeats as columns."""
+    values = np.asarray(values, float)
+    if values.shape == (n_x,) or (values.ndim == 2 and values.shape[0] == n_x):
+        return values.reshape(n_x, -1)
+    hint = (" (repeats as rows? pass its transpose)" if values.ndim == 2
+            and values.shape[1] == n_x else "")
+    raise ValueError(f"{field} has shape {values.shape}; allowed: ({n_x},) or ({n_x}, "
+                     f"n_repeats), one row per x{hint}.")
 
 
 def _wide(x: np.ndarray) -> bool:
@@ -83,14 +95,18 @@ class CurveDisplay:
         errors: Mapping[str, Any] | None = None,
         note: str | None = None,
     ):
+        self.center = check_choice("center", center, ("mean", "median"))
+        self.best_mode = check_choice("best_mode", best_mode, ("min", "max"))
+        self.x = np.asarray(x, float).reshape(-1)
+        n_x = self.x.size
+        self.curves = {k: _columns(f"curves[{k!r}]", v, n_x) for k, v in curves.items()}
         self.errors = {k: np.asarray(v, float) for k, v in (errors or {}).items()}
-        if center not in ("mean", "median"):
-            raise ValueError(f"center={center!r}; choose 'mean' or 'median'.")
-        self.center = center
-        self.x = np.asarray(x, float)
-        self.curves = {k: np.asarray(v, float).reshape(len(self.x), -1) for k, v in curves.items()}
+        for k, v in self.errors.items():
+            if v.shape != (n_x,):
+                raise ValueError(f"errors[{k!r}] has shape {v.shape}; allowed: ({n_x},), "
+                                 "one half-width per x.")
         self.xlabel, self.ylabel, self.title = xlabel, ylabel, title
-        self.best, self.best_mode = best, best_mode
+        self.best = None if best is None else check_choice("best", best, self.curves)
         self.markers = dict(markers or {})
         self.note = note
 
@@ -102,11 +118,12 @@ class CurveDisplay:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
     def std(self, name: str) -> np.ndarray:
-        """Standard deviation over repeats (ddof=0), ``(n_x,)``."""
+        """Standard deviation over repeats (ddof=0), ``(n_x,)``; NaN where no repeat has a value."""
         values = self.curves[name]
         centred = values - self.mean(name)[:, None]
         count = np.sum(np.isfinite(values), axis=1)
-        return np.sqrt(np.nansum(centred**2, axis=1) / np.maximum(count, 1))
+        return np.where(count > 0, np.sqrt(np.nansum(centred**2, axis=1) / np.maximum(count, 1)),
+                        np.nan)
 
     def summary(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(centre, low, high)`` of a curve, each ``(n_x,)``, NaNs ignored."""
@@ -122,15 +139,18 @@ class CurveDisplay:
         mean, std = self.mean(name), self.std(name)
         return mean, mean - std, mean + std
 
-    def best_x(self) -> float | None:
-        """x at the optimum of the ``best`` curve's centre line, or None."""
+    def _best_index(self) -> int | None:
         if self.best is None:
             return None
         mean = self.summary(self.best)[0]
         if not np.any(np.isfinite(mean)):
             return None
-        i = np.nanargmin(mean) if self.best_mode == "min" else np.nanargmax(mean)
-        return float(self.x[i])
+        return int(np.nanargmin(mean) if self.best_mode == "min" else np.nanargmax(mean))
+
+    def best_x(self) -> float | None:
+        """x at the optimum of the ``best`` curve's centre line, or None."""
+        i = self._best_index()
+        return None if i is None else float(self.x[i])
 
     def plot(
         self,
@@ -153,9 +173,9 @@ class CurveDisplay:
                     self.x, low, high, alpha=0.25, color=line.get_color(), lw=0
                 )
         self.best_line_ = None
-        best = self.best_x()
-        if best is not None:
-            value = np.interp(best, self.x, self.summary(self.best)[0])
+        i = self._best_index()
+        if i is not None:
+            best, value = self.x[i], self.summary(self.best)[0][i]
             self.best_line_ = ax.axvline(best, color="k", ls="--", lw=1,
                                          label=f"best {self.best} at {best:g}")
             ax.plot([best], [value], "o", color="k", ms=5)
@@ -264,7 +284,7 @@ class ComparisonDisplay:
     def __init__(self, names: Sequence[str], values: Mapping[str, Any], *, ylabel: str = "",
                  title: str | None = None):
         self.names = list(names)
-        self.values = {k: np.asarray(v, float).reshape(len(self.names), -1)
+        self.values = {k: _columns(f"values[{k!r}]", v, len(self.names))
                        for k, v in values.items()}
         self.ylabel, self.title = ylabel, title
 

@@ -1,0 +1,110 @@
+"""Tests of overfit.display: the numbers a Display draws, and its shape checks.
+
+No training here: every display is built from small hand-written arrays whose
+means, spreads and optima are worked out by hand.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from overfit.display import ComparisonDisplay, CurveDisplay
+from overfit.train import FitResult, History
+
+NAN = np.nan
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_mean_and_std_leave_out_nan_repeats():
+    # rows are x values, columns repeats; NaN = an epoch a stopped run never reached
+    d = CurveDisplay([1, 2, 3], {"a": [[1.0, 3.0], [NAN, 5.0], [NAN, NAN]]})
+    np.testing.assert_allclose(d.mean("a"), [2.0, 5.0, NAN])
+    np.testing.assert_allclose(d.std("a"), [1.0, 0.0, NAN])
+    mid, low, high = d.summary("a")
+    np.testing.assert_allclose(low, [1.0, 5.0, NAN])
+    np.testing.assert_allclose(high, [3.0, 5.0, NAN])
+
+
+def test_median_band_is_the_interquartile_range():
+    d = CurveDisplay([0, 1], {"a": [[1.0, 2.0, 3.0, 4.0, 100.0], [0.0, 0.0, 1.0, 1.0, 1.0]]},
+                     center="median")
+    mid, low, high = d.summary("a")
+    np.testing.assert_allclose(mid, [3.0, 1.0])
+    np.testing.assert_allclose(low, [2.0, 0.0])
+    np.testing.assert_allclose(high, [4.0, 1.0])
+
+
+def test_given_errors_are_the_band():
+    d = CurveDisplay([0, 1], {"a": [1.0, 2.0]}, errors={"a": [0.1, 0.5]})
+    _, low, high = d.summary("a")
+    np.testing.assert_allclose(low, [0.9, 1.5])
+    np.testing.assert_allclose(high, [1.1, 2.5])
+    d.plot()
+    assert "a" in d.bands_  # one repeat, but a band from the given half-widths
+
+
+def test_best_marker_sits_on_the_curve_whatever_the_order_of_x():
+    # unsorted x (e.g. a sweep listed as given): the optimum is x=2, value 0.1
+    d = CurveDisplay([3, 1, 2], {"val": [0.5, 0.9, 0.1]}, best="val").plot()
+    assert d.best_x() == 2.0
+    assert tuple(d.best_line_.get_xdata()) == (2.0, 2.0)
+    marker = [line for line in d.ax_.lines if line.get_marker() == "o"]
+    assert len(marker) == 1
+    assert tuple(marker[0].get_xdata()) == (2.0,)
+    assert tuple(marker[0].get_ydata()) == (0.1,)
+    # max mode picks the other end
+    assert CurveDisplay([3, 1, 2], {"acc": [0.5, 0.9, 0.1]}, best="acc",
+                        best_mode="max").best_x() == 1.0
+
+
+def test_curves_of_the_wrong_shape_are_refused_not_scrambled():
+    x = np.arange(4)
+    with pytest.raises(ValueError, match=r"curves\['train'\] has shape \(3, 4\); allowed: "
+                                         r"\(4,\) or \(4, n_repeats\).*transpose"):
+        CurveDisplay(x, {"train": np.zeros((3, 4))})  # members x epochs, not epochs x members
+    with pytest.raises(ValueError, match=r"curves\['a'\] has shape \(5,\)"):
+        CurveDisplay(x, {"a": np.zeros(5)})
+    with pytest.raises(ValueError, match=r"errors\['a'\] has shape \(4, 2\); allowed: \(4,\)"):
+        CurveDisplay(x, {"a": np.zeros(4)}, errors={"a": np.zeros((4, 2))})
+    with pytest.raises(ValueError, match="best='vall' is not allowed.*Did you mean 'val'"):
+        CurveDisplay(x, {"val": np.zeros(4)}, best="vall")
+    with pytest.raises(ValueError, match="best_mode='lowest'.*'min', 'max'"):
+        CurveDisplay(x, {"val": np.zeros(4)}, best="val", best_mode="lowest")
+    with pytest.raises(ValueError, match="center='mode'.*'mean', 'median'"):
+        CurveDisplay(x, {"val": np.zeros(4)}, center="mode")
+    with pytest.raises(ValueError, match=r"values\['mse'\] has shape \(2, 3\); allowed: \(3,\)"):
+        ComparisonDisplay(["a", "b", "c"], {"mse": np.zeros((2, 3))})
+
+
+def test_comparison_bars_are_means_with_std_error_bars():
+    d = ComparisonDisplay(["small", "large"], {"mse": [[1.0, 3.0], [2.0, NAN]]}).plot()
+    heights = [bar.get_height() for bar in d.bars_["mse"]]
+    np.testing.assert_allclose(heights, [2.0, 2.0])
+    # the error bar's segments span mean -/+ std: [1, 3] and [2, 2]
+    segments = d.bars_["mse"].errorbar.lines[2][0].get_segments()
+    np.testing.assert_allclose([s[:, 1] for s in segments], [[1.0, 3.0], [2.0, 2.0]])
+
+
+def test_from_fit_takes_members_as_repeats_and_leaves_out_diverged_ones():
+    # 3 members, 4 evaluations every 2 epochs; member 2 diverged
+    train = np.array([[4.0, 3.0, 2.0, 1.0], [6.0, 5.0, 4.0, 3.0], [9.0, NAN, NAN, NAN]])
+    val = np.array([[5.0, 4.0, 4.5, 6.0], [7.0, 5.0, 6.0, 8.0], [9.0, NAN, NAN, NAN]])
+    history = History(train, val, 2 * train, 2 * val)
+    m = np.zeros(3)
+    result = FitResult({}, {}, history, m, m, m, m, np.array([-1, -1, 1]), m, "mse", 2)
+    d = CurveDisplay.from_fit(result)
+    np.testing.assert_allclose(d.x, [2, 4, 6, 8])
+    np.testing.assert_allclose(d.mean("train"), [5.0, 4.0, 3.0, 2.0])
+    np.testing.assert_allclose(d.mean("validation"), [6.0, 4.5, 5.25, 7.0])
+    assert d.best_x() == 4.0  # the lesson's "stop here": the validation minimum
+    assert d.note == "1 of 3 runs diverged (NaN/inf loss): left out"
+    metric = CurveDisplay.from_fit(result, quantity="metric")
+    np.testing.assert_allclose(metric.mean("validation"), [12.0, 9.0, 10.5, 14.0])
+    assert metric.ylabel == "mse"
