@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import Array
 
-from overfit._checks import check_int, is_concrete
+from overfit._checks import check_int, check_range, is_concrete
 
 
 class Term(NamedTuple):
@@ -85,6 +85,7 @@ def squared(preds: Array, *, y: Array | None = None, f: Array | None = None,
     _check_points("f" if f is not None else "y", target, n)
     if f is not None and noise is None:
         raise ValueError("noise (the noise variance) is required with f.")
+    check_range("noise", noise if noise is not None else 0.0, lo=0.0)
     main = jnp.mean(preds, axis=0)
     variance = jnp.var(preds, axis=0, ddof=ddof)
     # the plug-in (target - main)^2 is biased up by Var/R; ddof=1 removes that too
@@ -129,6 +130,10 @@ def zero_one(preds: Array, y: Array, *, n_classes: int | None = None) -> ZeroOne
     """
     _check_models(preds)
     _check_points("y", y, preds.shape[1])
+    for name, arr in (("preds", preds), ("y", y)):
+        if not jnp.issubdtype(jnp.asarray(arr).dtype, jnp.integer):
+            raise ValueError(f"{name} must hold integer class labels; got dtype "
+                             f"{jnp.asarray(arr).dtype} (take argmax of scores first).")
     if n_classes is None:
         n_classes = int(max(jnp.max(preds), jnp.max(y))) + 1
     check_int("n_classes", n_classes, lo=1)

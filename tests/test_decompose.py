@@ -15,6 +15,18 @@ def _random(shape, seed=0):
     return jax.random.normal(jax.random.key(seed), shape)
 
 
+def test_standard_errors_are_across_test_points():
+    """Test points are an i.i.d. sample: the SE of a point-average is std(ddof=1) / sqrt(n)."""
+    preds = jnp.array([[0.0, 1.0, 2.0, 3.0], [2.0, 1.0, 0.0, 3.0]])
+    y = jnp.array([1.0, 1.0, 1.0, 1.0])
+    t = decompose.squared(preds, y=y)
+    # per point: loss (1, 0, 1, 4), variance (1, 0, 1, 0), bias2 (0, 0, 0, 4)
+    np.testing.assert_allclose(t.loss.value, 1.5)
+    np.testing.assert_allclose(t.loss.se, np.sqrt(9.0 / 3) / 2, rtol=1e-6)  # ddof=1: 9 / 3
+    np.testing.assert_allclose(t.variance.se, np.sqrt(1.0 / 3) / 2, rtol=1e-6)
+    np.testing.assert_allclose(t.bias2.se, np.sqrt(12.0 / 3) / 2, rtol=1e-6)
+
+
 def test_squared_identities_against_noisy_targets_and_against_the_truth():
     preds, y = _random((50, 200)), _random((200,), 1)
     t = decompose.squared(preds, y=y)  # mlxtend's mode: loss == bias2 + variance exactly
@@ -99,6 +111,10 @@ def test_variance_split_recovers_init_and_sampling_parts():
         (lambda: decompose.squared(jnp.zeros((1, 5)), y=jnp.zeros(5)), "at least 2"),
         (lambda: decompose.squared(jnp.zeros((3, 5)), y=jnp.zeros(4)), r"shape \(5,\)"),
         (lambda: decompose.squared(jnp.zeros((3, 5)), f=jnp.zeros(5)), "noise"),
+        (lambda: decompose.squared(jnp.zeros((3, 5)), f=jnp.zeros(5), noise=-0.1),
+         r"noise=-0.1 is out of range"),
+        (lambda: decompose.zero_one(jnp.zeros((3, 5)), jnp.zeros(5, int)),
+         "preds must hold integer class labels; got dtype float32"),
         (lambda: decompose.zero_one(jnp.full((3, 5), 3), jnp.zeros(5, int), n_classes=2),
          "outside"),
         (lambda: decompose.cross_entropy(jnp.full((3, 5, 2), 0.7), jnp.zeros(5, int)),
