@@ -118,6 +118,8 @@ def test_regression_deterministic_in_key_jittable_and_splits_independent():
     static = ("target", "n_train", "n_val", "n_test", "x_dist", "domain")
     big = jax.jit(regression, static_argnames=static)(KEY, target="cos", n_train=600)
     assert big.x_train.shape == (600, 1)
+    rows = [set(np.asarray(_split(a, "x", s)).ravel().tolist()) for s in SPLITS]
+    assert len(set().union(*rows)) == a.x_train.shape[0] + a.x_val.shape[0] + a.x_test.shape[0]
     # Each split has its own key: a larger training set leaves val/test as they were.
     np.testing.assert_allclose(big.x_test, a.x_test, atol=1e-6)
     np.testing.assert_allclose(big.y_val, a.y_val, atol=1e-6)
@@ -140,6 +142,9 @@ def test_classification_shapes_balance_and_noise(shape):
             assert x.shape == (n, 2) and x.dtype == np.float32
             assert y.dtype == f.dtype == np.int32 and set(np.unique(f)) <= {0, 1}
             np.testing.assert_array_equal(y, f)  # flip = 0
+    # independent splits: no point of one split reappears in another
+    rows = [set(map(tuple, np.asarray(_split(clean, "x", s)).tolist())) for s in SPLITS]
+    assert sum(map(len, rows)) == len(set().union(*rows)) == sum(SIZES.values())
     f = _all(clean, "f")
     n = f.size
     assert abs(f.mean() - 0.5) < 4 * 0.5 / np.sqrt(n)

@@ -194,6 +194,18 @@ def test_prechelt_stop_epochs(rule, alpha, expected):
     assert int(state.best_epoch) == 5  # E_opt = 0.60 from epoch 5 on
 
 
+def test_prechelt_gl_is_a_strict_threshold_and_ties_keep_the_first_optimum():
+    # exact binary fractions: GL = 25 at epoch 3 (0.625 / 0.5), 50 at epoch 4
+    e_va = [1.0, 0.5, 0.5, 0.625, 0.75]
+    rule = prechelt("GL", 25.0)
+    state = rule.init()
+    for epoch, va in enumerate(e_va):
+        state = rule.update(state, epoch, va, 1.0)
+    assert _prechelt_by_hand("GL", 25.0, e_va, [1.0] * 5) == 4
+    assert int(state.stop_epoch) == 4  # GL = alpha is not yet "GL > alpha"
+    assert int(state.best_epoch) == 1  # epoch 2 only ties E_opt: the first reach is kept
+
+
 def test_prechelt_up_counts_successive_rises_only():
     # strip ends 0.62, 0.66 (rise), 0.58 (fall: the count restarts), 0.70 (rise)
     e_va = E_VA[:10] + [0.64, 0.62, 0.60, 0.59, 0.58, 0.60, 0.62, 0.65, 0.68, 0.70]
@@ -352,11 +364,17 @@ def test_a_rule_that_monitored_nothing_restores_nothing(stopped_runs):
 
 @pytest.mark.filterwarnings("ignore:scatter inputs have incompatible types:FutureWarning")
 def test_early_stopping_in_fit_under_x64():
-    data = _noisy_cos(5)
+    """The rule's float32/int32 state mixes with float64 losses: it stops where it does
+    in float32, with the same curves to float32 precision."""
+    data, kw = _noisy_cos(5), dict(key=jax.random.key(0), optimizer=optax.adam(0.1), epochs=60,
+                                   early_stopping=patience(patience=1))
     with jax.enable_x64(True):
-        result = fit(polynomial(3), data, key=jax.random.key(0), optimizer=optax.adam(0.1),
-                     epochs=4, early_stopping=patience(patience=1))
-    assert result.history.val_loss.shape == (4,)
+        wide = fit(polynomial(3), data, **kw)
+    narrow = fit(polynomial(3), data, **kw)
+    assert 0 < int(narrow.stop_epoch) < 59  # it did stop early
+    assert (int(wide.best_epoch), int(wide.stop_epoch)) == (int(narrow.best_epoch),
+                                                          int(narrow.stop_epoch))
+    np.testing.assert_allclose(wide.history.val_loss, narrow.history.val_loss, rtol=1e-4)
 
 
 def test_never_trains_the_full_budget():

@@ -142,3 +142,22 @@ def test_input_noise_hparam():
     assert not np.allclose(plain.history.train_loss, noisy.history.train_loss)
     with pytest.raises(ValueError, match="input_noise"):
         of.fit(model, data, key=key, epochs=2, hparams={"input_noise": -1.0})
+
+
+def test_input_noise_on_a_linear_model_is_ridge_with_lambda_sigma_squared():
+    """Bishop (1995): for the half-MSE loss, E over input noise eps ~ N(0, s^2) of
+    1/2 (w (x + eps) + b - y)^2 is 1/2 (w x + b - y)^2 + 1/2 s^2 w^2, so gradient descent on
+    noisy inputs settles (on average over the noise) at ridge with lambda = s^2:
+    w = cov(x, y) / (var(x) + s^2), b = mean(y) - w mean(x)."""
+    data = of.regression(jax.random.key(0), target="sin", n_train=200, noise=0.1,
+                         domain=(-1.0, 1.0))
+    sigma, runs = 0.5, 16
+    result = of.fit(of.linear(1), data, key=jax.random.split(jax.random.key(3), runs),
+                    optimizer=optax.sgd(0.1), epochs=1000, eval_every=100,
+                    hparams={"input_noise": jnp.full(runs, sigma)})
+    x, y = (np.asarray(a, np.float64).ravel() for a in (data.x_train, data.y_train))
+    w = np.mean((x - x.mean()) * (y - y.mean())) / (np.var(x) + sigma**2)
+    coef = np.asarray(result.params["coef"], np.float64)  # (runs, [w, b])
+    mean, se = coef.mean(0), coef.std(0, ddof=1) / np.sqrt(runs)
+    np.testing.assert_allclose(mean, [w, y.mean() - w * x.mean()], atol=4 * se.max() + 1e-4)
+    assert abs(w) > 0.2 and abs(w - np.mean((x - x.mean()) * y) / np.var(x)) > 50 * se[0]

@@ -330,3 +330,19 @@ def test_an_eager_solve_compiles_one_program_per_shape(shape):
         w2 = solve(phi2, y)
     assert first.compiles == 1 and again.compiles == 0
     np.testing.assert_allclose(w2, 0.5 * w, rtol=1e-4, atol=1e-6)  # new values were solved
+
+
+def test_the_cutoff_is_relative_to_the_largest_singular_value():
+    """numpy.linalg.pinv's rule: drop s_i <= rcond * s_max. Rescaling the design by c
+    rescales the answer by 1/c at any scale; an absolute cutoff would drop every direction
+    of a tiny design and keep the rounding-level one of a huge rank-deficient design."""
+    X, y = _problem(5, 30, 5)
+    X[:, 4] = X[:, 3]  # rank 4: the min-norm answer splits the weight between the twins
+    want = np.linalg.pinv(X, rcond=10 * 30 * np.finfo(np.float64).eps) @ y
+    assert abs(want[3] - want[4]) < 1e-10
+    for c in (1e-14, 1.0, 1e14):
+        one = np.asarray(solve(jnp.asarray(c * X), jnp.asarray(y)))
+        many = np.asarray(jax.vmap(solve)(jnp.asarray(np.stack([c * X, X])),
+                                          jnp.asarray(np.stack([y, y]))))
+        np.testing.assert_allclose(one * c, want, rtol=1e-7, err_msg=f"c={c}")
+        np.testing.assert_allclose(many[0] * c, want, rtol=1e-7, err_msg=f"batched c={c}")

@@ -47,19 +47,26 @@ import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
+from overfit import chunks
 from overfit.sweep import map_members
 assert len(jax.local_devices()) == 4
+meshes = []  # device count of every chunk run: a silent fall-back to one device fails
+compiled = chunks._compiled
+chunks._compiled = lambda body, devices: meshes.append(len(devices)) or compiled(body, devices)
 def f(m, s):
     k, v = m
     a = jax.random.normal(k, (30, 16)) * v
     return {"s": jnp.sort(a.sum(0)), "x": (a @ s).sum()}
 members = (jax.random.split(jax.random.key(0), 10), jnp.arange(10.0))
 one = map_members(f, members, shared=jnp.ones(16))
+assert meshes == [1], meshes
 for size in (None, 3):
     many = map_members(f, members, shared=jnp.ones(16), batch_size=size,
                        devices=jax.local_devices())
     np.testing.assert_allclose(many["s"], one["s"], rtol=1e-12)
     np.testing.assert_allclose(many["x"], one["x"], rtol=1e-12)
+assert set(meshes[1:]) == {4}, meshes
+del meshes[:]
 # fit() splits its members across every local device by default
 from overfit.data import regression
 from overfit.models import mlp
@@ -68,10 +75,13 @@ data = regression(jax.random.key(0), target="sin", n_train=20, noise=0.1)
 keys = jax.random.split(jax.random.key(1), 6)
 kw = dict(epochs=20, eval_every=5, hparams={"width": np.array([1, 4, 8, 2, 8, 3])})
 alone = fit(mlp(1, (8,)), data, key=keys, devices=jax.local_devices()[:1], **kw)
+assert meshes == [1], meshes
+del meshes[:]
 for size in (None, 4):
     spread = fit(mlp(1, (8,)), data, key=keys, chunk_size=size, **kw)
     for a, b in zip(jax.tree.leaves(spread), jax.tree.leaves(alone)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+assert meshes and set(meshes) == {4}, meshes
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
