@@ -44,20 +44,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load(path: Path, overrides: Sequence[str] = ()) -> scenarios.Scenario:
+    try:
+        return scenarios.load(path, overrides)
+    except ValueError as e:
+        message = str(e)
+        raise ValueError(message if message.startswith(str(path)) else f"{path}: {e}") from None
+
+
 def _run(files: Sequence[Path], out: Path, overrides: Sequence[str], force: bool
-         ) -> list[Path]:
-    loaded = [scenarios.load(path, overrides) for path in files]  # every typo before any work
-    folders = []
-    for sc in loaded:
+         ) -> tuple[list[Path], list[str]]:
+    """Run every scenario; one that fails is reported and the others still run.
+
+    Returns the finished folders and one error line per failed scenario.
+    """
+    loaded = [_load(path, overrides) for path in files]  # every typo before any work
+    names = [sc.name for sc in loaded]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"scenario names {twice} appear more than once: each names its "
+                         "output folder, so one would overwrite the other.")
+    folders, failed = [], []
+    for path, sc in zip(files, loaded):
         start = time.perf_counter()
         if not force and scenarios.cached(sc, out):
             print(f"{sc.name}: up to date (same config and versions; --force to recompute)")
             folders.append(out / sc.name)
             continue
-        folder = scenarios.run(sc, out, force=force)
+        try:
+            folder = scenarios.run(sc, out, force=force)
+        except (ValueError, FloatingPointError) as e:  # the scenario's fault, not the run's
+            failed.append(f"{path} ({sc.name}): {e}")
+            print(f"overfit: error: {failed[-1]}", file=sys.stderr, flush=True)
+            continue
         print(f"{sc.name}: {time.perf_counter() - start:.1f} s -> {folder}", flush=True)
         folders.append(folder)
-    return folders
+    return folders, failed
 
 
 def write_index(out: Path, folders: Sequence[Path]) -> Path:
@@ -104,29 +126,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not log.handlers:
             log.addHandler(logging.StreamHandler(sys.stderr))
             log.setLevel(logging.INFO)
+    failed: list[str] = []
     try:
         if args.command == "run":
-            _run(args.files, args.out, args.overrides, args.force)
+            failed = _run(args.files, args.out, args.overrides, args.force)[1]
         elif args.command == "gallery":
             files = sorted(args.scenarios.glob("*.toml"))
             if not files:
                 raise ValueError(f"no scenario files in {args.scenarios}/")
-            index = write_index(args.out, _run(files, args.out, args.overrides, args.force))
-            print(f"gallery: {index}")
+            folders, failed = _run(files, args.out, args.overrides, args.force)
+            print(f"gallery: {write_index(args.out, folders)}")
         elif args.command == "list":
             for path in sorted(args.scenarios.glob("*.toml")):
-                sc = scenarios.load(path)
+                sc = _load(path)
                 print(f"{path}  [{sc.kind}]  {sc.title}")
         elif args.command == "validate":
             for path in args.files:
-                scenarios.load(path)
+                _load(path)
                 print(f"{path}: ok")
         else:
             print("| key | type | default | allowed / meaning |\n|---|---|---|---|")
             for row in describe(scenarios.Scenario):
                 print("| " + " | ".join(r.replace("|", "\\|") for r in row) + " |")
+    except BrokenPipeError:  # `overfit options | head`: the reader took what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, OSError) as e:
         print(f"overfit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("overfit: interrupted; finished scenarios and sweep chunks are kept, and the "
+              "same command resumes from them.", file=sys.stderr)
+        return 130
+    if failed:
+        print(f"overfit: {len(failed)} scenario(s) failed:\n  " + "\n  ".join(failed),
+              file=sys.stderr)
         return 2
     return 0
 

@@ -165,7 +165,9 @@ def build_model(scenario: Scenario, data: datasets.Dataset) -> models.Model:
 def optimizer(scenario: Scenario) -> Callable[[dict[str, Any]], optax.GradientTransformation]:
     """The training section's optimizer with its regularizers, as a function of hparams.
 
-    A swept ``l2`` (in ``hparams``) overrides ``train.l2``; biases are never penalised.
+    A swept ``l2`` (in ``hparams``) overrides ``train.l2``. An MLP's biases are never
+    penalised; the intercept of a linear or polynomial model is one of its coefficients
+    and is, as in the closed-form ridge solve it should agree with.
     """
     t = scenario.train
     base = {"adam": optax.adam, "sgd": optax.sgd, "adamw": optax.adamw}[t.optimizer]

@@ -33,7 +33,11 @@ Mask = Any | Callable[[Any], Any] | None
 
 
 def exclude_biases(params: Any) -> Any:
-    """Mask that is False on bias leaves (dict key ``"b"``), True elsewhere."""
+    """Mask that is False on bias leaves (dict key ``"b"``: an MLP's), True elsewhere.
+
+    Linear-in-parameter models (polynomial, linear, random features) keep their
+    intercept inside ``"coef"``, so it stays penalised, as in :func:`overfit.solve.solve`.
+    """
 
     def keep(path, _):
         return not any(getattr(p, "key", None) == "b" for p in path)

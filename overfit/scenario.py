@@ -106,8 +106,8 @@ class TrainConfig:
     eval_every: int = knob(1, "epochs between history entries", lo=1)
     l2: float = knob(0.0, "L2 strength: ridge lambda (closed form) or penalty on weights",
                      lo=0.0)
-    l1: float = knob(0.0, "L1 penalty strength, proximal step (biases excluded)", lo=0.0)
-    weight_decay: float = knob(0.0, "decoupled weight decay (biases excluded)", lo=0.0)
+    l1: float = knob(0.0, "L1 penalty strength, proximal step (MLP biases excluded)", lo=0.0)
+    weight_decay: float = knob(0.0, "decoupled weight decay (MLP biases excluded)", lo=0.0)
     input_noise: float = knob(0.0, "std of Gaussian noise added to training inputs", lo=0.0)
 
 
@@ -154,7 +154,7 @@ class Scenario:
     kind: str = knob("capacity_curve", "experiment to run", choices=KINDS)
     title: str = knob("", "figure title")
     description: str = knob("", "what the scenario shows")
-    seed: int = knob(0, "master PRNG seed", lo=0)
+    seed: int = knob(0, "master PRNG seed", lo=0, hi=2**32 - 1)
     data: DataConfig = dataclasses.field(default_factory=DataConfig,
                                          metadata=dict(doc="data section"))
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig,
@@ -179,6 +179,15 @@ def from_dict(table: Mapping[str, Any]) -> Scenario:
     domain = scenario.data.domain
     if len(domain) != 2 or not domain[0] < domain[1]:
         raise ValueError(f"data.domain={scenario.data.domain!r} must be [lo, hi] with lo < hi.")
+    # fields that are valid alone but not together: caught here, so that
+    # `overfit validate` and a gallery's up-front load see them before any work
+    t, e = scenario.train, scenario.early_stopping
+    if t.method == "gradient" and t.epochs % t.eval_every:
+        raise ValueError(f"train.eval_every={t.eval_every} must divide "
+                         f"train.epochs={t.epochs}.")
+    if e.rule == "UP" and (e.alpha < 1 or not float(e.alpha).is_integer()):
+        raise ValueError(f"early_stopping.alpha={e.alpha!r}: rule 'UP' stops after alpha "
+                         "successive rising strips; give a whole number >= 1.")
     return scenario
 
 

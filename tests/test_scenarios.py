@@ -93,11 +93,15 @@ def _raw(sc):
         ("data.target='coss'", r"Did you mean 'cos'"),
         ("train.epochs='ten'", r"train.epochs='ten' must be of type int"),
         ("name='../../etc'", r"name='../../etc' must be letters"),
+        ("train.eval_every=7", r"train.eval_every=7 must divide train.epochs="),
+        (["early_stopping.rule='UP'", "early_stopping.alpha=2.5"],
+         r"early_stopping.alpha=2.5: rule 'UP'.*whole number"),
+        ("seed=18446744073709551616", r"seed=18446744073709551616 is out of range"),
     ],
 )
 def test_bad_config_is_rejected_with_a_clear_message(override, message):
     with pytest.raises(ValueError, match=message):
-        scenario.load(SCENARIOS[0], [override])
+        scenario.load(SCENARIOS[0], [override] if isinstance(override, str) else override)
 
 
 def test_remedies_need_an_mlp_and_a_generator():
@@ -165,14 +169,25 @@ def test_cli_gallery_writes_index_and_reports_errors(tmp_path, capsys):
     src = tmp_path / "scenarios"
     src.mkdir()
     (src / "a.toml").write_text((SCENARIOS[0]).read_text())
+    # valid alone, but remedies need an MLP: it fails when run, after a.toml has finished
+    (src / "b.toml").write_text('name = "broken"\nkind = "remedies"\n'
+                                '[model]\nkind = "polynomial"\n')
     out = tmp_path / "plots"
-    assert cli.main(["gallery", "--scenarios", str(src), "--out", str(out), *sum(
-        (["--set", s] for s in SHRINK), [])]) == 0
-    index = (out / "index.html").read_text()
+    shrink = sum((["--set", s] for s in SHRINK), [])
+    capsys.readouterr()
+    assert cli.main(["gallery", "--scenarios", str(src), "--out", str(out), *shrink]) == 2
+    err = capsys.readouterr().err
+    assert f"1 scenario(s) failed:\n  {src / 'b.toml'} (broken): " in err
+    assert "kind='remedies' needs" in err
+    index = (out / "index.html").read_text()  # the rest of the gallery is still written
     name = scenario.load(SCENARIOS[0]).name
-    assert f"{name}/" in index and ".png" in index
+    assert f"{name}/" in index and ".png" in index and "broken" not in index
+    assert not (out / "broken").exists()
     assert cli.main(["run", str(SCENARIOS[0]), "--set", "data.noise=-1"]) == 2
-    assert "data.noise" in capsys.readouterr().err
+    assert f"{SCENARIOS[0]}: data.noise" in capsys.readouterr().err
+    # two files with one name would write one folder
+    assert cli.main(["run", str(src / "a.toml"), str(SCENARIOS[0]), "--out", str(out)]) == 2
+    assert "appear more than once" in capsys.readouterr().err
 
 
 def test_interrupted_run_leaves_old_results_untouched(tmp_path, monkeypatch):
