@@ -41,6 +41,19 @@ from overfit.schema import build, knob
 KINDS = ("five_points", "capacity_curve", "training_curves", "early_stopping", "dropout",
          "validation_curve", "learning_curves", "remedies", "bias_variance", "double_descent")
 
+SWEEPS = {  # the sweep lists each kind reads (overfit.experiments); others are refused
+    "five_points": (), "capacity_curve": ("capacity",), "training_curves": (),
+    "early_stopping": (), "dropout": ("drop_rate",), "validation_curve": ("l2",),
+    "learning_curves": ("n_train", "capacity"),
+    "remedies": ("l2", "drop_rate", "n_train", "capacity"),
+    "bias_variance": ("capacity", "l2", "n_train", "noise", "flip"),
+    "double_descent": ("capacity", "n_train", "l2", "noise"),
+}
+# label-noise knobs and the one source that reads each (overfit.experiments.draw): set for
+# another source, the figure would claim a noise level its data never had
+LABEL_NOISE = {"flip": "classification", "flip_y": "preset", "label_noise": "real"}
+GRADIENT_ONLY = ("l1", "weight_decay", "input_noise")  # a closed-form solve takes l2 alone
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -188,7 +201,39 @@ def from_dict(table: Mapping[str, Any]) -> Scenario:
     if e.rule == "UP" and (e.alpha < 1 or not float(e.alpha).is_integer()):
         raise ValueError(f"early_stopping.alpha={e.alpha!r}: rule 'UP' stops after alpha "
                          "successive rising strips; give a whole number >= 1.")
+    _check_unused(scenario)
     return scenario
+
+
+def _check_unused(scenario: Scenario) -> None:
+    """Refuse a field the scenario would silently ignore: a remedy or a sweep that
+    looks switched on but is not would draw a figure that claims what it did not do."""
+    reads = SWEEPS[scenario.kind]
+    for f in dataclasses.fields(SweepConfig):
+        value = getattr(scenario.sweep, f.name)
+        if isinstance(value, list) and value and f.name not in reads:
+            raise ValueError(f"sweep.{f.name}={value!r} is not used by kind={scenario.kind!r}, "
+                             f"which sweeps {', '.join(f'sweep.{r}' for r in reads) or 'nothing'}"
+                             "; remove it.")
+    if scenario.sweep.inits != 1 and scenario.kind != "bias_variance":
+        raise ValueError(f"sweep.inits={scenario.sweep.inits} is used by "
+                         "kind='bias_variance' only; remove it.")
+    d, default = scenario.data, DataConfig()
+    for name, source in LABEL_NOISE.items():
+        if getattr(d, name) != getattr(default, name) and d.source != source:
+            raise ValueError(f"data.{name}={getattr(d, name)!r} is not used by "
+                             f"data.source={d.source!r} (only by {source!r}); remove it"
+                             + next((f" or use data.{k}" for k, v in LABEL_NOISE.items()
+                                     if v == d.source), "") + ".")
+    if scenario.train.method == "closed_form" and scenario.kind != "five_points":
+        used = [f"train.{n}={getattr(scenario.train, n)!r}" for n in GRADIENT_ONLY
+                if getattr(scenario.train, n)]
+        if scenario.early_stopping.rule != "none":
+            used.append(f"early_stopping.rule={scenario.early_stopping.rule!r}")
+        if used:
+            raise ValueError(f"{', '.join(used)} has no effect with "
+                             "train.method='closed_form' (a solve takes train.l2 only); "
+                             "use train.method='gradient'.")
 
 
 def _parse_value(text: str) -> Any:

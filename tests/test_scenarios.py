@@ -104,6 +104,33 @@ def test_bad_config_is_rejected_with_a_clear_message(override, message):
         scenario.load(SCENARIOS[0], [override] if isinstance(override, str) else override)
 
 
+@pytest.mark.parametrize("stem, overrides, message", [
+    ("training_curves", ["sweep.l2=[0.1]"],
+     r"sweep.l2=\[0.1\] is not used by kind='training_curves', which sweeps nothing"),
+    ("capacity_curve", ["sweep.drop_rate=[0.5]"],
+     r"sweep.drop_rate=\[0.5\] is not used by kind='capacity_curve', which sweeps "
+     r"sweep.capacity; remove it"),
+    ("capacity_curve", ["sweep.inits=3"], r"sweep.inits=3 is used by kind='bias_variance' only"),
+    ("capacity_curve", ["train.l1=0.01", "train.input_noise=0.1"],
+     r"train.l1=0.01, train.input_noise=0.1 has no effect with train.method='closed_form'"),
+    ("capacity_curve", ["early_stopping.rule='patience'"],
+     r"early_stopping.rule='patience' has no effect with train.method='closed_form'"),
+    ("training_curves", ["data.flip=0.2"],
+     r"data.flip=0.2 is not used by data.source='preset' \(only by 'classification'\); "
+     r"remove it or use data.flip_y\."),
+    ("capacity_curve", ["data.label_noise=0.1"],
+     r"data.label_noise=0.1 is not used by data.source='regression' \(only by 'real'\); "
+     r"remove it\."),
+])
+def test_a_field_the_scenario_would_ignore_is_refused(stem, overrides, message):
+    """A remedy or sweep that looks switched on but is not would draw a figure claiming
+    what it did not do: refused when the file is loaded (so `overfit validate` sees it)."""
+    path = SCENARIOS[[p.stem for p in SCENARIOS].index(stem)]
+    scenario.load(path)  # the file alone is fine
+    with pytest.raises(ValueError, match=message):
+        scenario.load(path, overrides)
+
+
 def test_remedies_need_an_mlp_and_a_generator():
     path = SCENARIOS[[p.stem for p in SCENARIOS].index("remedies")]
     with pytest.raises(ValueError, match=r"needs model.kind='mlp' .* got model.kind='polyn"):
@@ -151,7 +178,8 @@ def test_a_data_knob_the_source_ignores_is_refused(kind, sweep, field):
 
 
 def test_classification_loss_on_regression_data_is_rejected():
-    sc = scenario.load(SCENARIOS[0], ["data.source='regression'", "model.kind='mlp'"])
+    sc = scenario.load(SCENARIOS[0], ["data.source='regression'", "data.flip=0.0",
+                                      "model.kind='mlp'"])
     data = experiments.draw(sc, jax.random.key(0), 2)
     with pytest.raises(ValueError, match="needs classification data"):
         overfit.fit(overfit.mlp(1, (4,)), data, key=jax.random.key(0), loss="ce")
@@ -207,7 +235,8 @@ def test_interrupted_run_leaves_old_results_untouched(tmp_path, monkeypatch):
 
 def test_bias_variance_bootstraps_a_fixed_real_data_set():
     sc = scenario.load(SCENARIOS[[p.stem for p in SCENARIOS].index("bias_variance_classification")],
-                       ["data.source='real'", "data.name='wine'", "sweep.capacity=[2, 16]",
+                       ["data.source='real'", "data.flip=0.0", "data.name='wine'",
+                        "sweep.capacity=[2, 16]",
                         "sweep.seeds=4", "train.epochs=20", "train.eval_every=10"])
     rows, figures = experiments.bias_variance(sc)
     plt.close(figures["bias_variance"])
