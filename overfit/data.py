@@ -59,6 +59,12 @@ class Dataset:
         """Input dimension d."""
         return self.x_train.shape[-1]
 
+    def __repr__(self) -> str:  # shapes, not thousands of numbers
+        shapes = ", ".join(f"x_{s}={tuple(getattr(self, f'x_{s}').shape)}"
+                           for s in ("train", "val", "test"))
+        classes = f", n_classes={self.n_classes}" if self.task == "classification" else ""
+        return f"Dataset({self.task!r}{classes}, {shapes})"
+
     @property
     def n_train(self) -> int:
         """Number of training points."""

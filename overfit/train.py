@@ -96,6 +96,13 @@ class FitResult:
         n = self.history.train_loss.shape[-1]
         return (jnp.arange(n) + 1) * self.eval_every
 
+    def __repr__(self) -> str:  # shapes, not every parameter
+        members = tuple(self.history.train_loss.shape[:-1])
+        checks = self.history.train_loss.shape[-1]
+        return (f"FitResult({f'members={members}' if members else 'one model'}, "
+                f"epochs={checks * self.eval_every}, eval_every={self.eval_every}, "
+                f"metric={self.metric!r}, params={jax.tree.map(jnp.shape, self.params)})")
+
 
 def default_loss(model: Model, data: Dataset) -> str:
     """``"mse"`` for regression, ``"bce"`` for a one-logit classifier, else ``"ce"``."""

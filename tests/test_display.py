@@ -108,3 +108,15 @@ def test_from_fit_takes_members_as_repeats_and_leaves_out_diverged_ones():
     metric = CurveDisplay.from_fit(result, quantity="metric")
     np.testing.assert_allclose(metric.mean("validation"), [12.0, 9.0, 10.5, 14.0])
     assert metric.ylabel == "mse"
+
+
+def test_results_and_data_print_their_shapes_not_their_numbers():
+    from overfit.data import Dataset
+
+    z = np.zeros
+    data = Dataset(z((30, 1)), z(30), z(30), z((5, 1)), z(5), z(5), z((7, 1)), z(7), z(7))
+    assert repr(data) == "Dataset('regression', x_train=(30, 1), x_val=(5, 1), x_test=(7, 1))"
+    history = History(*(z((3, 4)),) * 4)
+    result = FitResult({"coef": z((3, 6))}, {}, history, *(z(3),) * 6, "mse", 5)
+    assert repr(result) == ("FitResult(members=(3,), epochs=20, eval_every=5, metric='mse', "
+                            "params={'coef': (3, 6)})")
