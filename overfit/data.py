@@ -60,7 +60,11 @@ class Dataset:
         return self.x_train.shape[-1]
 
     def __repr__(self) -> str:  # shapes, not thousands of numbers
-        shapes = ", ".join(f"x_{s}={tuple(getattr(self, f'x_{s}').shape)}"
+        if not hasattr(self.x_train, "shape"):  # a tree.map over data: every field as it is
+            fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}"
+                               for f in dataclasses.fields(self))
+            return f"Dataset({fields})"
+        shapes = ", ".join(f"x_{s}={np.shape(getattr(self, f'x_{s}'))}"
                            for s in ("train", "val", "test"))
         classes = f", n_classes={self.n_classes}" if self.task == "classification" else ""
         return f"Dataset({self.task!r}{classes}, {shapes})"

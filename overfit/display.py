@@ -102,6 +102,7 @@ class CurveDisplay:
         self.curves = {k: _columns(f"curves[{k!r}]", v, n_x) for k, v in curves.items()}
         self.errors = {k: np.asarray(v, float) for k, v in (errors or {}).items()}
         for k, v in self.errors.items():
+            check_choice("errors key", k, self.curves)
             if v.shape != (n_x,):
                 raise ValueError(f"errors[{k!r}] has shape {v.shape}; allowed: ({n_x},), "
                                  "one half-width per x.")

@@ -11,8 +11,9 @@ spirit of optax transforms:
   ``k`` epochs.
 
 Epochs are counted from 0. ``best_epoch`` is the epoch whose parameters are
-restored (-1 until a monitored epoch improves: then nothing is restored, as in
-Keras); ``stop_epoch`` the last epoch trained (or -1 while running).
+restored (-1 while no monitored epoch has improved; if none ever does, as when
+``start_from_epoch`` lies beyond the run, nothing is restored, as in Keras);
+``stop_epoch`` the last epoch trained (or -1 while running).
 """
 
 from __future__ import annotations

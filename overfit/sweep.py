@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from overfit._checks import check_int
 from overfit.chunks import run_chunks
 from overfit.static import Static
 
@@ -87,6 +88,8 @@ def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | N
     threads fought XLA's own for the cores, and a batched SVD that takes 1.4 s
     took 2 to 40 s. XLA still runs the members of a batch in parallel.
     """
+    if batch_size is not None:
+        check_int("batch_size", batch_size, lo=1)
     with threadpool_limits(limits=1, user_api="blas"):
         return run_chunks(_vmapped(Static(f)), members, shared=shared,
                           chunk_size=jax.tree.leaves(members)[0].shape[0]

@@ -97,11 +97,15 @@ class FitResult:
         return (jnp.arange(n) + 1) * self.eval_every
 
     def __repr__(self) -> str:  # shapes, not every parameter
-        members = tuple(self.history.train_loss.shape[:-1])
-        checks = self.history.train_loss.shape[-1]
+        shape = getattr(self.history.train_loss, "shape", ())
+        if not shape:  # not arrays (a tree.map over the result): every field as it is
+            fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}"
+                               for f in dataclasses.fields(self))
+            return f"FitResult({fields})"
+        members, checks = tuple(shape[:-1]), shape[-1]
         return (f"FitResult({f'members={members}' if members else 'one model'}, "
                 f"epochs={checks * self.eval_every}, eval_every={self.eval_every}, "
-                f"metric={self.metric!r}, params={jax.tree.map(jnp.shape, self.params)})")
+                f"metric={self.metric!r}, params={jax.tree.map(np.shape, self.params)})")
 
 
 def default_loss(model: Model, data: Dataset) -> str:
@@ -510,7 +514,7 @@ def fit(
                              f"(allowed: {list(model.hparams + TRAIN_HPARAMS)}) "
                              "and the optimizer takes none.")
     _check_model_hparams(model, hparams)
-    _check_members(key, data, hparams)
+    _check_members(key, data, hparams, model.hparams)
     _check_inputs(model, data.x_train.shape[-2:], data.x_train.dtype)
     if weight is not None:
         hparams = {**hparams, _WEIGHT: _check_weight(weight, data, batch_size, key)}
@@ -558,23 +562,28 @@ def _check_weight(weight: Any, data: Dataset, batch_size: int | None, key: Array
     return weight
 
 
-def _check_members(key: Array, data: Dataset, hparams: Mapping[str, Array]) -> None:
+def _check_members(key: Array, data: Dataset, hparams: Mapping[str, Array],
+                   model_hparams: Sequence[str]) -> None:
     """Every per-member input has the keys' leading ``M`` axis; one key takes none.
 
     Without this a shorter ``hparams`` leaf silently drops members and a longer
     one fails deep inside the chunking with a bare IndexError.
     """
     dtype = getattr(key, "dtype", None)
+    raw = jax.random.key_data(jax.random.key(0)).shape  # (2,) threefry, (4,) rbg
     if dtype is None or not (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-                             or (dtype == jnp.uint32 and jnp.shape(key)[-1:] == (2,))):
+                             or (dtype == jnp.uint32 and jnp.shape(key)[-1:] == raw)):
         raise ValueError(f"key must be a PRNG key, jax.random.key(seed), or M of them "
                          f"(jax.random.split(key, M)); got {type(key).__name__} {key!r:.60}.")
     leaves = jax.tree_util.tree_flatten_with_path(data)[0]
     fields = {"data" + jax.tree_util.keystr(path): jnp.shape(a) for path, a in leaves}
     if not _is_key_batch(key):
-        if data.x_train.ndim != 2 or any(jnp.ndim(v) for v in hparams.values()):
+        # knobs of the model and of fit itself are one value per model; what only a
+        # callable optimizer reads (a schedule's table, say) may have any shape
+        knobs = {k: v for k, v in hparams.items() if k in (*model_hparams, *TRAIN_HPARAMS)}
+        if data.x_train.ndim != 2 or any(jnp.ndim(v) for v in knobs.values()):
             shapes = {**{k: s for k, s in fields.items() if k.endswith("x_train")},
-                      **{f"hparams[{k!r}]": jnp.shape(v) for k, v in hparams.items()}}
+                      **{f"hparams[{k!r}]": jnp.shape(v) for k, v in knobs.items()}}
             raise ValueError(f"one key trains one model: data.x_train must be (n, d) and every "
                              f"hparams value a scalar; got {shapes}. To train M members, pass "
                              "M keys (jax.random.split(key, M)).")
@@ -597,7 +606,8 @@ def _check_inputs(model: Model, x_shape: tuple[int, ...], x_dtype: Any) -> None:
         jax.eval_shape(model.apply, params, state, jax.ShapeDtypeStruct(x_shape, x_dtype))
     except (TypeError, ValueError) as e:
         raise ValueError(f"the model does not take data.x_train rows of {x_shape[-1]} "
-                         f"feature(s) (was it built with n_in={x_shape[-1]}?): {e}") from None
+                         f"feature(s) (was it built for another number of inputs?): {e}"
+                         ) from None
 
 
 def _check_model_hparams(model: Model, hparams: Mapping[str, Any]) -> None:

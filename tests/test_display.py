@@ -73,6 +73,8 @@ def test_curves_of_the_wrong_shape_are_refused_not_scrambled():
         CurveDisplay(x, {"a": np.zeros(5)})
     with pytest.raises(ValueError, match=r"errors\['a'\] has shape \(4, 2\); allowed: \(4,\)"):
         CurveDisplay(x, {"a": np.zeros(4)}, errors={"a": np.zeros((4, 2))})
+    with pytest.raises(ValueError, match="errors key='vall' is not allowed"):
+        CurveDisplay(x, {"val": np.zeros(4)}, errors={"vall": np.zeros(4)})
     with pytest.raises(ValueError, match="best='vall' is not allowed.*Did you mean 'val'"):
         CurveDisplay(x, {"val": np.zeros(4)}, best="vall")
     with pytest.raises(ValueError, match="best_mode='lowest'.*'min', 'max'"):
@@ -120,3 +122,9 @@ def test_results_and_data_print_their_shapes_not_their_numbers():
     result = FitResult({"coef": z((3, 6))}, {}, history, *(z(3),) * 6, "mse", 5)
     assert repr(result) == ("FitResult(members=(3,), epochs=20, eval_every=5, metric='mse', "
                             "params={'coef': (3, 6)})")
+    # a tree.map to shapes (a common notebook idiom) prints every field as it is
+    import jax
+
+    shapes = jax.tree.map(np.shape, data)
+    assert repr(shapes).startswith("Dataset(x_train=(30, 1), y_train=(30,), f_train=(30,)")
+    assert "history=History(train_loss=(3, 4)" in repr(jax.tree.map(np.shape, result))

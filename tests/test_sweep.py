@@ -35,6 +35,11 @@ def test_map_members_in_batches_equals_all_at_once(batch_size):
     np.testing.assert_allclose(out, 3 * np.arange(7.0) + np.arange(14.0).reshape(7, 2).sum(1))
 
 
+def test_map_members_names_a_bad_batch_size():
+    with pytest.raises(ValueError, match="batch_size=0 is out of range"):
+        map_members(lambda m, s: m, jnp.arange(3.0), batch_size=0)
+
+
 def test_sharded_over_four_devices_equals_one_device():
     """Members split across 4 (fake CPU) devices give the one-device numbers, whole and
     in batches, with PRNG keys; and so does fit(), which uses every device by default.

@@ -390,8 +390,11 @@ def test_per_member_inputs_must_agree_with_the_keys(reg_data):
         fit(model, reg_data, key=key, hparams={"degree": jnp.array([1, 2])})
     with pytest.raises(ValueError, match="key must be a PRNG key.*got int 0"):
         fit(model, reg_data, key=0)
-    with pytest.raises(ValueError, match=r"does not take data.x_train rows of 1 feature.*n_in=1"):
+    with pytest.raises(ValueError, match=r"does not take data.x_train rows of 1 feature.*inputs"):
         fit(mlp(3, (8,)), reg_data, key=key)
+    # one model: a knob only a callable optimizer reads may have any shape
+    fit(model, reg_data, key=key, epochs=2,
+        optimizer=lambda hp: optax.sgd(hp["rates"][0]), hparams={"rates": jnp.array([0.1, 0.2])})
     # a per-member dropout rate on a network compiled without dropout would be a no-op
     with pytest.raises(ValueError, match=r"drop_rate=0.5 given to init.*mlp\(\.\.\., drop_rate"):
         fit(mlp(1, (8,)), reg_data, key=keys[:2], hparams={"drop_rate": jnp.array([0.0, 0.5])})
