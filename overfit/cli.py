@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,8 +74,10 @@ def _run(files: Sequence[Path], out: Path, overrides: Sequence[str], force: bool
             continue
         try:
             folder = scenarios.run(sc, out, force=force)
-        except (ValueError, FloatingPointError) as e:  # the scenario's fault, not the run's
-            failed.append(f"{path} ({sc.name}): {e}")
+        except Exception as e:  # noqa: BLE001 - one scenario's failure must not stop the rest
+            failed.append(f"{path} ({sc.name}): {type(e).__name__}: {e}")
+            if not isinstance(e, ValueError | FloatingPointError):  # a bug or a resource
+                traceback.print_exc()
             print(f"overfit: error: {failed[-1]}", file=sys.stderr, flush=True)
             continue
         print(f"{sc.name}: {time.perf_counter() - start:.1f} s -> {folder}", flush=True)
@@ -150,13 +153,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("| " + " | ".join(r.replace("|", "\\|") for r in row) + " |")
     except BrokenPipeError:  # `overfit options | head`: the reader took what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if args.command in ("run", "gallery"):  # ... but here work was left undone
+            print("overfit: output closed; stopped before every scenario ran.",
+                  file=sys.stderr)
+            return 141
         return 0
     except (ValueError, OSError) as e:
         print(f"overfit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("overfit: interrupted; finished scenarios and sweep chunks are kept, and the "
-              "same command resumes from them.", file=sys.stderr)
+        resume = (": finished scenarios and sweep chunks are kept, and the same command "
+                  "resumes from them") if args.command in ("run", "gallery") else ""
+        print(f"overfit: interrupted{resume}.", file=sys.stderr)
         return 130
     if failed:
         print(f"overfit: {len(failed)} scenario(s) failed:\n  " + "\n  ".join(failed),

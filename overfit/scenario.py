@@ -211,6 +211,12 @@ def _check_unused(scenario: Scenario) -> None:
     reads = SWEEPS[scenario.kind]
     for f in dataclasses.fields(SweepConfig):
         value = getattr(scenario.sweep, f.name)
+        if f.name == "capacity" and f.name not in reads and len(value) > 1:
+            raise ValueError(f"sweep.capacity={value!r} is not swept by kind={scenario.kind!r}: "
+                             "only its largest value sizes the model; give one value, or set "
+                             "model.hidden / model.max_degree / model.max_features.")
+        if f.name == "capacity":  # one value sizes the model (experiments.build_model)
+            continue
         if isinstance(value, list) and value and f.name not in reads:
             raise ValueError(f"sweep.{f.name}={value!r} is not used by kind={scenario.kind!r}, "
                              f"which sweeps {', '.join(f'sweep.{r}' for r in reads) or 'nothing'}"

@@ -111,6 +111,8 @@ def test_bad_config_is_rejected_with_a_clear_message(override, message):
      r"sweep.drop_rate=\[0.5\] is not used by kind='capacity_curve', which sweeps "
      r"sweep.capacity; remove it"),
     ("capacity_curve", ["sweep.inits=3"], r"sweep.inits=3 is used by kind='bias_variance' only"),
+    ("training_curves", ["sweep.capacity=[3, 9]"],
+     r"sweep.capacity=\[3, 9\] is not swept by kind='training_curves': only its largest"),
     ("capacity_curve", ["train.l1=0.01", "train.input_noise=0.1"],
      r"train.l1=0.01, train.input_noise=0.1 has no effect with train.method='closed_form'"),
     ("capacity_curve", ["early_stopping.rule='patience'"],
@@ -127,6 +129,7 @@ def test_a_field_the_scenario_would_ignore_is_refused(stem, overrides, message):
     what it did not do: refused when the file is loaded (so `overfit validate` sees it)."""
     path = SCENARIOS[[p.stem for p in SCENARIOS].index(stem)]
     scenario.load(path)  # the file alone is fine
+    scenario.load(path, ["sweep.capacity=[8]"])  # one capacity sizes the model: allowed
     with pytest.raises(ValueError, match=message):
         scenario.load(path, overrides)
 
