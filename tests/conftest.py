@@ -38,3 +38,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _OWN_CACHE and not hasattr(config, "workerinput"):  # the process that made it
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+# The longest tests (each notebook end to end, each shipped scenario shrunk) go first:
+# started last, one of them ran alone on one core while the other core sat idle.
+_LONG_FIRST = ("tests/test_notebooks.py", "tests/test_scenarios.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FIRST))
