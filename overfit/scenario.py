@@ -208,16 +208,15 @@ def from_dict(table: Mapping[str, Any]) -> Scenario:
 def _check_unused(scenario: Scenario) -> None:
     """Refuse a field the scenario would silently ignore: a remedy or a sweep that
     looks switched on but is not would draw a figure that claims what it did not do."""
-    reads = SWEEPS[scenario.kind]
+    reads, capacity = SWEEPS[scenario.kind], scenario.sweep.capacity
+    # one capacity value is not a sweep: it sizes the model (experiments.build_model)
+    if "capacity" not in reads and len(capacity) > 1:
+        raise ValueError(f"sweep.capacity={capacity!r} is not swept by kind={scenario.kind!r}: "
+                         "only its largest value sizes the model; give one value, or set "
+                         "model.hidden / model.max_degree / model.max_features.")
     for f in dataclasses.fields(SweepConfig):
         value = getattr(scenario.sweep, f.name)
-        if f.name == "capacity" and f.name not in reads and len(value) > 1:
-            raise ValueError(f"sweep.capacity={value!r} is not swept by kind={scenario.kind!r}: "
-                             "only its largest value sizes the model; give one value, or set "
-                             "model.hidden / model.max_degree / model.max_features.")
-        if f.name == "capacity":  # one value sizes the model (experiments.build_model)
-            continue
-        if isinstance(value, list) and value and f.name not in reads:
+        if f.name != "capacity" and isinstance(value, list) and value and f.name not in reads:
             raise ValueError(f"sweep.{f.name}={value!r} is not used by kind={scenario.kind!r}, "
                              f"which sweeps {', '.join(f'sweep.{r}' for r in reads) or 'nothing'}"
                              "; remove it.")

@@ -570,9 +570,10 @@ def _check_members(key: Array, data: Dataset, hparams: Mapping[str, Array],
     one fails deep inside the chunking with a bare IndexError.
     """
     dtype = getattr(key, "dtype", None)
-    raw = jax.random.key_data(jax.random.key(0)).shape  # (2,) threefry, (4,) rbg
-    if dtype is None or not (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-                             or (dtype == jnp.uint32 and jnp.shape(key)[-1:] == raw)):
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    # raw uint32 key data is (2,) under threefry, (4,) under rbg: asked only for raw keys
+    if not typed and not (dtype == jnp.uint32 and jnp.shape(key)[-1:]
+                          == jax.random.key_data(jax.random.key(0)).shape):
         raise ValueError(f"key must be a PRNG key, jax.random.key(seed), or M of them "
                          f"(jax.random.split(key, M)); got {type(key).__name__} {key!r:.60}.")
     leaves = jax.tree_util.tree_flatten_with_path(data)[0]
