@@ -379,18 +379,28 @@ def _shares_forward(config: _Config, data: Dataset, hparams: Mapping[str, Array]
     n = data.x_train.shape[-2]
     if "input_noise" in hparams or (config.batch_size is not None and config.batch_size < n):
         return False
-    return _deterministic(config.model, data.x_train.shape[-2:], data.x_train.dtype)
+    return _probe(config.model, data.x_train.shape[-2:], data.x_train.dtype)
 
 
 @functools.lru_cache(maxsize=64)
-def _deterministic(model: Model, x_shape: tuple[int, ...], x_dtype: Any) -> bool:
-    """Whether ``model.apply`` in training mode traces to the evaluation-mode program."""
+def _probe(model: Model, x_shape: tuple[int, ...], x_dtype: Any) -> bool:
+    """Trace ``model`` once on rows of this shape, shapes only.
+
+    Refuses, by name, a model built for another number of inputs (it would otherwise
+    fail deep inside tracing); returns whether ``apply`` in training mode traces to the
+    evaluation-mode program (see ``_Trainer``).
+    """
+    params, state = jax.eval_shape(model.init, jax.random.key(0))
+    args = (params, state, jax.ShapeDtypeStruct(x_shape, x_dtype),
+            jax.eval_shape(lambda: jax.random.key(0)))
     try:
-        params, state = jax.eval_shape(model.init, jax.random.key(0))
-        args = (params, state, jax.ShapeDtypeStruct(x_shape, x_dtype),
-                jax.eval_shape(lambda: jax.random.key(0)))
-        train = jax.make_jaxpr(lambda p, s, x, k: model.apply(p, s, x, key=k, train=True))(*args)
         evaluate = jax.make_jaxpr(lambda p, s, x, k: model.apply(p, s, x))(*args)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the model does not take data.x_train rows of {x_shape[-1]} "
+                         f"feature(s) (was it built for another number of inputs?): {e}"
+                         ) from None
+    try:
+        train = jax.make_jaxpr(lambda p, s, x, k: model.apply(p, s, x, key=k, train=True))(*args)
     except Exception:  # noqa: BLE001 - a model this probe cannot trace gets the plain loop
         return False
     # the printed program names array constants without their values: compare those too
@@ -515,7 +525,7 @@ def fit(
                              "and the optimizer takes none.")
     _check_model_hparams(model, hparams)
     _check_members(key, data, hparams, model.hparams)
-    _check_inputs(model, data.x_train.shape[-2:], data.x_train.dtype)
+    _probe(model, data.x_train.shape[-2:], data.x_train.dtype)
     if weight is not None:
         hparams = {**hparams, _WEIGHT: _check_weight(weight, data, batch_size, key)}
     stopper = never() if early_stopping is None else early_stopping
@@ -597,18 +607,6 @@ def _check_members(key: Array, data: Dataset, hparams: Mapping[str, Array],
     if wrong:
         raise ValueError(f"key holds M={m} keys, so per-member inputs need a leading axis of "
                          f"{m}; got " + ", ".join(f"{k}: {s}" for k, s in wrong.items()) + ".")
-
-
-@functools.lru_cache(maxsize=64)
-def _check_inputs(model: Model, x_shape: tuple[int, ...], x_dtype: Any) -> None:
-    """A model built for other inputs fails here, by name, not deep inside tracing."""
-    params, state = jax.eval_shape(model.init, jax.random.key(0))
-    try:
-        jax.eval_shape(model.apply, params, state, jax.ShapeDtypeStruct(x_shape, x_dtype))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"the model does not take data.x_train rows of {x_shape[-1]} "
-                         f"feature(s) (was it built for another number of inputs?): {e}"
-                         ) from None
 
 
 def _check_model_hparams(model: Model, hparams: Mapping[str, Any]) -> None:
