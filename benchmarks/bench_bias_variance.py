@@ -11,7 +11,8 @@ noisy targets, ``ddof=0``).
    bootstrap indices vmapped over keys, ``fit_linear`` of the masked
    ``polynomial(15)`` (one batched SVD; the degree is a per-member state), the
    test predictions ``(15, 200, n_test)``, then ``decompose.squared`` per degree;
-   compiled with ``overfit.sweep.fast_compile_options()`` (LLVM optimisation off).
+   compiled with ``overfit.sweep.fast_compile_options()`` (LLVM optimisation off, XLA's
+   older CPU emitters).
 2. mlxtend: ``bias_variance_decomp(make_pipeline(PolynomialFeatures(d),
    LinearRegression()), ..., loss="mse", num_rounds=200)`` for d = 1..15.
 

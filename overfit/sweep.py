@@ -99,21 +99,40 @@ def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | N
 
 
 def fast_compile_options(devices: Sequence[Any] | None = None) -> dict[str, Any]:
-    """XLA options that trade run time for compile time on CPUs (no LLVM optimisation).
+    """XLA options that trade run time for compile time on CPUs.
 
-    For a small closed-form sweep run once, whose time goes to LAPACK (called
-    precompiled) and to compiling the code around it: the polynomial
-    bias-variance benchmark (3000 members of 30 x 16) compiles in 1.4 s
-    instead of 2.3 s and runs in 53 ms instead of 35 ms. Not for sweeps with
-    real work outside LAPACK: the double-descent benchmark (random ReLU
-    features up to 1000 wide) took 43 s with it and 27 s without. Empty (XLA's
-    defaults) on accelerators. Use as ``jax.jit(f, compiler_options=...)`` or
-    ``map_members(..., compiler_options=...)``.
+    No LLVM optimisation, and XLA's older CPU emitters where this jaxlib still has
+    them (they compile in about half the time). For a small closed-form sweep run
+    once, whose time goes to LAPACK (called precompiled) and to compiling the code
+    around it: the polynomial bias-variance benchmark (3000 members of 30 x 16)
+    compiled in 1.2 s instead of 2.3-2.5 s with LLVM optimisation off alone (its
+    first call took 5.4 s with neither), and its compiled calls kept their speed.
+    Not for sweeps with real work outside LAPACK: the double-descent benchmark
+    (random ReLU features up to 1000 wide) took 43 s with LLVM optimisation off
+    and 27 s without. Empty (XLA's defaults) on accelerators. Use as
+    ``jax.jit(f, compiler_options=...)`` or ``map_members(..., compiler_options=...)``.
     """
     devices = jax.local_devices()[:1] if devices is None else devices
-    if all(d.platform == "cpu" for d in devices):
-        return {"xla_backend_optimization_level": 0}
-    return {}
+    if not all(d.platform == "cpu" for d in devices):
+        return {}
+    options: dict[str, Any] = {"xla_backend_optimization_level": 0}
+    if _xla_accepts(_OLDER_CPU_EMITTERS, devices[0]):
+        options[_OLDER_CPU_EMITTERS] = False
+    return options
+
+
+_OLDER_CPU_EMITTERS = "xla_cpu_use_fusion_emitters"
+
+
+@functools.lru_cache(maxsize=8)
+def _xla_accepts(option: str, device: Any) -> bool:
+    """Whether this jaxlib's XLA has ``option`` (a later one may have dropped it)."""
+    x = jax.device_put(np.float32(0), device)
+    try:
+        jax.jit(lambda a: a + 1, compiler_options={option: False}).lower(x).compile()
+    except Exception:  # "No such compile option": its exception type moved between jax versions
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=64)
