@@ -49,7 +49,8 @@ def test_sharded_over_four_devices_equals_one_device():
 
     code = """
 import os
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+flags = os.environ.get("XLA_FLAGS", "")  # the suite's own, then 4 host devices
+os.environ["XLA_FLAGS"] = flags + " --xla_force_host_platform_device_count=4"
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
 from overfit import chunks
