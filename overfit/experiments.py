@@ -170,7 +170,9 @@ def optimizer(scenario: Scenario) -> Callable[[dict[str, Any]], optax.GradientTr
     and is, as in the closed-form ridge solve it should agree with.
     """
     t = scenario.train
-    base = {"adam": optax.adam, "sgd": optax.sgd, "adamw": optax.adamw}[t.optimizer]
+    # adamw is adam plus train.weight_decay's decoupled decay below: optax.adamw's own
+    # default (1e-4, on every parameter) would decay MLP biases, and decay at weight_decay=0
+    base = {"adam": optax.adam, "sgd": optax.sgd, "adamw": optax.adam}[t.optimizer]
 
     def make(hparams: dict[str, Any]) -> optax.GradientTransformation:
         lr = t.learning_rate

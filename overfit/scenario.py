@@ -110,7 +110,8 @@ class TrainConfig:
     precision: str = knob("auto", "floating point: auto = float64 for closed-form solves "
                           "(min-norm near the threshold needs it), float32 for training",
                           choices=("auto", "float32", "float64"))
-    optimizer: str = knob("adam", "optax optimizer", choices=("adam", "sgd", "adamw"))
+    optimizer: str = knob("adam", "optax optimizer (adamw: adam with weight_decay's "
+                          "decoupled decay)", choices=("adam", "sgd", "adamw"))
     loss: str = knob("auto", "training loss (auto: mse, bce or ce from the task)",
                      choices=("auto", "mse", "bce", "ce", "mse_onehot"))
     learning_rate: float = knob(0.01, "step size", lo=0.0)

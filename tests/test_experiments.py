@@ -78,6 +78,22 @@ def test_learning_curves_training_error_is_s2_times_one_minus_p_over_n():
     assert mean("val_mse", 100, 8) < mean("val_mse", 100, 1)  # the strong model wins with data
 
 
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_adamw_decays_exactly_train_weight_decay_and_never_an_mlp_bias(decay):
+    """A zero gradient leaves only the decoupled decay: -lr * weight_decay * w on weights,
+    nothing on biases, nothing at all at weight_decay = 0 (optax.adamw's default 1e-4 would)."""
+    sc = scenario.from_dict({"name": "t", "kind": "training_curves",
+                             "model": {"kind": "mlp", "hidden": [3]},
+                             "train": {"optimizer": "adamw", "learning_rate": 0.1,
+                                       "weight_decay": decay}})
+    params = {"layers": [{"w": np.full((1, 3), 2.0), "b": np.full(3, 2.0)}]}
+    opt = experiments.optimizer(sc)({})
+    zeros = jax.tree.map(np.zeros_like, params)
+    updates, _ = opt.update(zeros, opt.init(params), params)
+    np.testing.assert_allclose(updates["layers"][0]["w"], -0.1 * decay * 2.0)
+    np.testing.assert_array_equal(updates["layers"][0]["b"], 0.0)
+
+
 MODELS = {"polynomial": ({"kind": "polynomial"}, [1, 5]),
           "random_features": ({"kind": "random_features"}, [2, 5]),
           "mlp": ({"kind": "mlp", "hidden": [8]}, [2, 4])}
