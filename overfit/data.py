@@ -470,7 +470,8 @@ def _host_dataset(
 # ------------------------------------------------------------------ bundled real data sets
 
 REAL_DATASETS = ("iris", "digits", "wine", "breast_cancer", "diabetes")
-_N_CLASSES = {"iris": 3, "digits": 10, "wine": 3, "breast_cancer": 2, "diabetes": 0}
+# classes of each real data set; 0: a regression target
+REAL_N_CLASSES = {"iris": 3, "digits": 10, "wine": 3, "breast_cancer": 2, "diabetes": 0}
 
 
 @functools.cache
@@ -531,7 +532,7 @@ def real(
         raise ValueError(
             f"val_frac + test_frac = {val_frac + test_frac:g} must be < 1 to leave training data."
         )
-    n_classes = _N_CLASSES[name]
+    n_classes = REAL_N_CLASSES[name]
     task = "classification" if n_classes else "regression"
     if not n_classes and label_noise:
         raise ValueError(

@@ -33,7 +33,7 @@ from overfit.scenario import Scenario
 from overfit.solve import fit_linear
 from overfit.static import Static
 from overfit.sweep import batch_size_for, grid, map_members, shape_groups, take
-from overfit.train import FitResult, default_loss, fit, score_outputs
+from overfit.train import FitResult, _check_model_hparams, default_loss, fit, score_outputs
 
 Rows = list[dict[str, Any]]
 Figures = dict[str, Any]  # name -> matplotlib Figure
@@ -340,6 +340,7 @@ def _width(model: models.Model) -> int:
 def _solve_grid(model, data, hparams, keys, ridge, draw_index=None, weight=None, *,
                 x64: bool = True) -> Solved:
     """Closed-form fits of every member, as batched solves (in float64 when ``x64``)."""
+    _check_model_hparams(model, hparams)  # inside the solve a capacity is traced: unchecked
 
     def one(member, d):
         key, hp, w = member
@@ -484,14 +485,18 @@ def capacity_curve(scenario: Scenario) -> tuple[Rows, Figures]:
     model, values, shape = sweep.model, sweep.values, sweep.shape
     rows = _rows({model.capacity: caps, "seed": range(scenario.sweep.seeds)}, values)
     v = {k: a.reshape(shape) for k, a in values.items()}
+    mse = "train_mse" in values
+    name, test = ("mse", "test_risk") if mse else ("accuracy", "test_accuracy_clean")
     display = CurveDisplay(
-        caps, {"train": v["train_mse"], "validation": v["val_mse"],
-               "test (noise-free f)": v["test_risk"]},
-        xlabel=model.capacity, ylabel="mean squared error (median, quartiles)",
-        best="validation", center="median", title=scenario.title or "Error vs capacity",
+        caps, {"train": v[f"train_{name}"], "validation": v[f"val_{name}"],
+               "test (noise-free f)" if mse else "test (clean labels)": v[test]},
+        xlabel=model.capacity,
+        ylabel=f"{'mean squared error' if mse else 'accuracy'} (median, quartiles)",
+        best="validation", best_mode="min" if mse else "max", center="median",
+        title=scenario.title or ("Error vs capacity" if mse else "Accuracy vs capacity"),
         note=_note(values))
     fig, (ax,) = panels(1, size=(6, 4.2))
-    display.plot(ax=ax, logy=True, logx=False)
+    display.plot(ax=ax, logy=mse, logx=False)
     return rows, {"capacity_curve": fig}
 
 
@@ -974,7 +979,7 @@ def _min_norm_member(model: models.Model, isotropic: bool, r2: float) -> Callabl
         fitted = model.apply(params, state, d.x_train)
         train_mse = score_outputs(fitted, d.y_train, "mse", "regression", weight)[1]
         return {"test_risk": risk, "train_mse": train_mse,
-                "coef_norm2": jnp.sum(params["coef"] ** 2)}
+                "coef_norm2": jnp.sum(params["coef"] ** 2), "n_params": model.n_params(state)}
 
     return one
 
@@ -1059,6 +1064,7 @@ def _min_norm_grid(scenario: Scenario, values: list, ridges: list, sample_wise: 
         model = build_model(sub, d)
         column = column if sample_wise else model.capacity
         index = np.flatnonzero(np.isin(flat["value"], group))
+        _check_model_hparams(model, {model.capacity: flat["value"][index]})
         x64 = use_x64(scenario, closed_form=True)
         with jax.enable_x64(x64):
             part = _per_member(_in_precision(d, x64), take(members, index),
@@ -1107,10 +1113,13 @@ def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
 
 def _double_descent_figure(scenario, values, curves, noises, sample_wise, isotropic) -> Any:
     d = scenario.data
-    values = np.asarray(values, float)
-    threshold = d.p if sample_wise else d.n_train
-    x = values / threshold if not sample_wise else values
-    xlabel = "n_train (threshold at n = p)" if sample_wise else "parameters / n_train"
+    # the threshold is where the fitted coefficients (not the capacity knob: an intercept
+    # or a model narrower than data.p) number the training points
+    n_params = np.median(next(iter(curves.values()))["n_params"], axis=1)
+    threshold = n_params[0] if sample_wise else d.n_train
+    x = np.asarray(values, float) if sample_wise else n_params / threshold
+    xlabel = ("n_train (threshold at n = parameters)" if sample_wise
+              else "parameters / n_train")
     fig, axes = panels(3, size=(5, 4), title=scenario.title or "Double descent")
     risk = CurveDisplay(x, {k: v["test_risk"] for k, v in curves.items()}, center="median",
                         xlabel=xlabel, ylabel="test risk (median, quartiles)",
@@ -1118,7 +1127,7 @@ def _double_descent_figure(scenario, values, curves, noises, sample_wise, isotro
                                  else threshold}).plot(ax=axes[0], logy=True)
     if isotropic:
         grid_x = np.linspace(x.min(), x.max(), 400)
-        p, n = (d.p, grid_x) if sample_wise else (grid_x * d.n_train, d.n_train)
+        p, n = (threshold, grid_x) if sample_wise else (grid_x * d.n_train, d.n_train)
         gamma = p / n
         for i, noise in enumerate(noises):
             exact = theory.min_norm_risk(p, n, d.r2, noise**2)

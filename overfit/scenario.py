@@ -53,6 +53,7 @@ SWEEPS = {  # the sweep lists each kind reads (overfit.experiments); others are 
 # another source, the figure would claim a noise level its data never had
 LABEL_NOISE = {"flip": "classification", "flip_y": "preset", "label_noise": "real"}
 GRADIENT_ONLY = ("l1", "weight_decay", "input_noise")  # a closed-form solve takes l2 alone
+TRAINED_KINDS = ("training_curves", "early_stopping", "dropout", "remedies")  # read epochs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,8 +203,35 @@ def from_dict(table: Mapping[str, Any]) -> Scenario:
     if e.rule == "UP" and (e.alpha < 1 or not float(e.alpha).is_integer()):
         raise ValueError(f"early_stopping.alpha={e.alpha!r}: rule 'UP' stops after alpha "
                          "successive rising strips; give a whole number >= 1.")
+    _check_method(scenario)
     _check_unused(scenario)
     return scenario
+
+
+def task(data: DataConfig) -> str:
+    """``"classification"`` or ``"regression"``: what ``data.source`` draws."""
+    if data.source == "real":
+        return "classification" if datasets.REAL_N_CLASSES[data.name] else "regression"
+    return "classification" if data.source in ("classification", "preset") else "regression"
+
+
+def _check_method(scenario: Scenario) -> None:
+    """Refuse a kind, model and data that the fitting method cannot serve: they would
+    crash after the sweep, or draw a curve of something that was never there."""
+    kind, method, d = scenario.kind, scenario.train.method, scenario.data
+    if kind == "five_points":  # always the lesson's two least-squares fits
+        return
+    if method == "closed_form" and kind in TRAINED_KINDS:
+        raise ValueError(f"kind={kind!r} follows training epoch by epoch; "
+                         "train.method='closed_form' has no epochs: use train.method='gradient'.")
+    if method == "closed_form" and task(d) == "classification":
+        name = f", name={d.name!r}" if d.source == "real" else ""
+        raise ValueError(f"train.method='closed_form' is least squares on regression targets; "
+                         f"data.source={d.source!r}{name} gives class labels: use "
+                         "train.method='gradient'.")
+    if kind == "dropout" and scenario.model.kind != "mlp":
+        raise ValueError(f"kind='dropout' needs model.kind='mlp' (dropout acts on hidden "
+                         f"units); got model.kind={scenario.model.kind!r}.")
 
 
 def _check_unused(scenario: Scenario) -> None:

@@ -58,10 +58,15 @@ def optimal_ridge_risk(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
 
     At ``l* = s2 gamma / r2``: ``R* = s2 gamma m(-l*)`` with
     ``m(-l) = [sqrt((1 - gamma + l)^2 + 4 gamma l) - (1 - gamma + l)] / (2 gamma l)``.
-    Finite everywhere: optimal tuning removes the double-descent peak.
+    Finite everywhere: optimal tuning removes the double-descent peak. Without
+    noise (``s2 = 0``: ``l* = 0``, min-norm least squares) the limit
+    ``r2 (1 - 1/gamma)`` above 1 and 0 below.
     """
     check_range("r2", r2, lo=0.0, lo_open=True)
+    check_range("s2", s2, lo=0.0)
     g = np.asarray(gamma, float)
+    if s2 == 0:  # the formula is 0 * inf there
+        return r2 * np.maximum(0.0, 1 - 1 / g)
     lam = s2 * g / r2
     a = 1 - g + lam
     m = (np.sqrt(a**2 + 4 * g * lam) - a) / (2 * g * lam)

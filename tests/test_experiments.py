@@ -309,6 +309,36 @@ def test_sample_wise_double_descent_matches_the_exact_risk_on_both_sides():
     assert train[40] == pytest.approx(0.25 * (1 - 20 / 40), rel=0.05)
 
 
+@pytest.mark.parametrize("kind", ["capacity_curve", "double_descent"])
+def test_a_closed_form_capacity_past_the_model_is_refused_before_solving(kind):
+    """Inside a batched solve the capacity is traced, so init's own range check was
+    skipped: n_inputs 10 of a 5-input model ran as 5 and was reported as 10."""
+    sc = scenario.from_dict({
+        "name": "t", "kind": kind,
+        "data": {"source": "linear", "p": 5, "n_train": 20, "n_val": 5, "n_test": 5},
+        "model": {"kind": "linear"}, "train": {"method": "closed_form"},
+        "sweep": {"capacity": [2, 10], "seeds": 2}})
+    with pytest.raises(ValueError, match=r"n_inputs=10 is out of range; allowed values lie "
+                                         r"in \[1, 5\]"):
+        experiments.EXPERIMENTS[kind](sc)
+
+
+def test_sample_wise_threshold_is_the_models_parameter_count_not_data_p():
+    """30 random features on 1-D data: the marker sits at n = 30 (it sat at data.p = 10,
+    a field this source does not read), and the table says so."""
+    sc = scenario.from_dict({
+        "name": "t", "kind": "double_descent",
+        "data": {"source": "regression", "target": "sin", "n_val": 0, "n_test": 20},
+        "model": {"kind": "random_features", "max_features": 30},
+        "train": {"method": "closed_form"}, "sweep": {"n_train": [10, 40], "seeds": 2}})
+    rows, figures = experiments.double_descent(sc)
+    (marker,) = [line for line in figures["double_descent"].axes[0].get_lines()
+                 if line.get_label() == "interpolation threshold"]
+    plt.close(figures["double_descent"])
+    assert set(marker.get_xdata()) == {30.0}
+    assert {r["n_params"] for r in rows} == {30}
+
+
 def test_train_precision_switches_solves_and_training_between_float32_and_float64():
     """auto: float64 solves, float32 training; either can be forced, and a well-conditioned
     cubic fit gives the same errors in both precisions to float32 round-off."""

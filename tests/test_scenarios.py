@@ -75,6 +75,25 @@ def test_capacity_curve_is_a_u(tmp_path):
     assert 0.008 < med["val_mse"].min() < 0.03
 
 
+def test_capacity_curve_of_a_classifier_plots_accuracy():
+    """Class labels give accuracy curves (it read train_mse and crashed after the sweep):
+    on two moons a width-1 tanh net is a linear boundary, a width-32 one fits the bend."""
+    sc = scenario.from_dict({
+        "name": "t", "kind": "capacity_curve",
+        "data": {"source": "classification", "shape": "moons", "n_train": 80, "noise": 0.1},
+        "model": {"kind": "mlp", "hidden": [32]},
+        "train": {"epochs": 400, "learning_rate": 0.05, "eval_every": 400},
+        "sweep": {"capacity": [1, 32], "seeds": 3}})
+    rows, figures = experiments.capacity_curve(sc)
+    (ax,) = figures["capacity_curve"].axes
+    assert "test (clean labels)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(figures["capacity_curve"])
+    acc = {w: np.array([[r[k] for k in ("train_accuracy", "test_accuracy_clean")]
+                        for r in rows if r["width"] == w]) for w in (1, 32)}
+    assert np.all((acc[1] > 0.7) & (acc[1] < 0.95))  # a line through two moons
+    assert np.all(acc[32] > 0.97)
+
+
 def _raw(sc):
     import dataclasses
 
@@ -97,6 +116,15 @@ def _raw(sc):
         (["early_stopping.rule='UP'", "early_stopping.alpha=2.5"],
          r"early_stopping.alpha=2.5: rule 'UP'.*whole number"),
         ("seed=18446744073709551616", r"seed=18446744073709551616 is out of range"),
+        # least squares on 0/1 labels scored as logits: accuracies of nothing
+        ("train.method='closed_form'", r"train.method='closed_form' is least squares on "
+         r"regression targets; data.source='classification' gives class labels"),
+        (["data.source='real'", "data.flip=0", "train.method='closed_form'"],
+         r"data.source='real', name='digits' gives class labels"),
+        (["kind='training_curves'", "train.method='closed_form'"],
+         r"kind='training_curves' follows training epoch by epoch; train.method='closed_form'"),
+        (["kind='dropout'", "model.kind='polynomial'"],
+         r"kind='dropout' needs model.kind='mlp' .*got model.kind='polynomial'"),
     ],
 )
 def test_bad_config_is_rejected_with_a_clear_message(override, message):
@@ -174,7 +202,7 @@ def test_a_data_knob_the_source_ignores_is_refused(kind, sweep, field):
         {"name": "t", "kind": kind, "train": {"method": "closed_form"},
          "model": {"kind": "linear"}, "sweep": {"capacity": [] if kind == "bias_variance"
                                                 else [2, 4]}},
-        [f"data.source='{source}'", sweep]))
+        [f"data.source='{source}'", "data.name='diabetes'", sweep]))
     with pytest.raises(ValueError, match=rf"varies data.{field}, which "
                                          rf"data.source='{source}' does not use"):
         experiments.EXPERIMENTS[kind](sc)

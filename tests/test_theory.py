@@ -72,6 +72,21 @@ def test_optimally_tuned_ridge_matches_its_closed_form(gamma):
     assert abs(risks.mean() - target) < 3 * se + 0.02 * target
 
 
+def test_optimal_ridge_without_noise_is_the_limit_of_vanishing_noise():
+    """s2 = 0 is 0 * inf in the formula (it gave NaN, and a noise-free double-descent
+    scenario crashed at its plot): the limit is noiseless min-norm, r2 (1 - 1/gamma)_+."""
+    gamma = np.array([0.5, 1.0, 1.5, 3.0])
+    exact = theory.optimal_ridge_risk(gamma, r2=2.0, s2=0.0)
+    np.testing.assert_allclose(exact, [0.0, 0.0, 2 / 3, 4 / 3])
+    np.testing.assert_allclose(theory.optimal_ridge_risk(gamma, r2=2.0, s2=1e-10), exact,
+                               atol=1e-4)
+    off = gamma != 1  # noiseless ridge at l* = 0 is min-norm least squares
+    np.testing.assert_allclose(exact[off], theory.min_norm_risk_asymptotic(gamma[off], r2=2.0,
+                                                                           s2=0.0))
+    with pytest.raises(ValueError, match="s2=-1"):
+        theory.optimal_ridge_risk(gamma, s2=-1.0)
+
+
 def test_random_features_interpolate_past_the_threshold_and_their_norm_peaks_there():
     n = 40
     # 10-D inputs: in 1-D, ReLU kinks can miss the gaps between points and stay rank-deficient
