@@ -97,6 +97,30 @@ def squared(preds: Array, *, y: Array | None = None, f: Array | None = None,
     return Squared(_term(bias2 + variance + s2), _term(bias2), _term(variance), _term(s2), main)
 
 
+def squared_nested(preds: Array, *, f: Array, noise: Array | float) -> Squared:
+    """Squared-loss terms of ``preds (n_sets, n_inits, n_points)``: S training sets,
+    m initialisations trained on each, the truth ``f (n_points,)`` and noise variance known.
+
+    Models trained on one set are alike, so the S * m are not independent draws
+    and ``squared(ddof=1)`` of them all would count the variance between sets
+    short and put it into bias2. Unbiased here: ``variance`` is
+    :func:`variance_split`'s total (init + sampling), and ``bias2`` subtracts from
+    ``(f - main)^2`` the grand mean's own variance, estimated by the variance of
+    the per-set means (ddof=1) over S. With m = 1 these are ``squared(ddof=1)``.
+    """
+    if preds.ndim != 3 or preds.shape[0] < 2:
+        raise ValueError(f"preds must be (n_sets >= 2, n_inits, n_points); got {preds.shape}.")
+    n_sets, _, n = preds.shape
+    _check_points("f", f, n)
+    check_range("noise", noise, lo=0.0)
+    main = jnp.mean(preds, axis=(0, 1))
+    between = jnp.var(jnp.mean(preds, axis=1), axis=0, ddof=1)  # Var of the per-set means
+    bias2 = (f - main) ** 2 - between / n_sets
+    variance = between if preds.shape[1] == 1 else _split(preds)[0]
+    s2 = jnp.broadcast_to(jnp.asarray(noise, preds.dtype), (n,))
+    return Squared(_term(bias2 + variance + s2), _term(bias2), _term(variance), _term(s2), main)
+
+
 def _mode(labels: Array, n_classes: int) -> tuple[Array, Array]:
     """Most frequent label per point (ties: the smallest, as mlxtend) and the class frequencies."""
     counts = jnp.sum(labels[..., None] == jnp.arange(n_classes), axis=0)  # (n, K)
@@ -208,7 +232,12 @@ def variance_split(preds: Array) -> VarianceSplit:
     if preds.ndim != 3 or preds.shape[0] < 2 or preds.shape[1] < 2:
         raise ValueError("preds must be (n_sets >= 2, n_inits >= 2, n_points); "
                          f"got {preds.shape}.")
+    return VarianceSplit(*map(_term, _split(preds)))
+
+
+def _split(preds: Array) -> tuple[Array, Array, Array]:
+    """Per-point (total, init, sampling) variance of ``preds (n_sets, n_inits >= 2, n)``."""
     m = preds.shape[1]
     init = jnp.mean(jnp.var(preds, axis=1, ddof=1), axis=0)
     sampling = jnp.var(jnp.mean(preds, axis=1), axis=0, ddof=1) - init / m
-    return VarianceSplit(_term(init + sampling), _term(init), _term(sampling))
+    return init + sampling, init, sampling

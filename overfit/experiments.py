@@ -784,9 +784,10 @@ def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
                n_inits: int) -> dict[str, Any]:
     """Terms of one grid point from its ``(S * m, n, ...)`` predictions."""
     f = data.f_test[0]
-    if data.task == "regression":
+    if data.task == "regression":  # the m inits of one set are alike: not S * m draws
+        nested = jnp.asarray(preds).reshape(-1, n_inits, preds.shape[-1])
         terms = dict(zip(("expected test error", "bias2", "variance", "noise"),
-                         decompose.squared(jnp.asarray(preds), f=f, noise=noise_var, ddof=1)))
+                         decompose.squared_nested(nested, f=f, noise=noise_var)))
     else:
         if preds.ndim == 2:  # one logit: binary
             probs = jax.nn.sigmoid(preds)[..., None] * jnp.array([-1.0, 1.0]) + jnp.array([1, 0])
@@ -799,7 +800,9 @@ def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
                  "0-1 net variance": z.net_variance, "cross-entropy": ce.loss,
                  "CE bias": ce.bias, "CE variance": ce.variance}
     if n_inits > 1:
-        flat = preds if preds.ndim == 2 else np.asarray(jax.nn.softmax(preds, axis=-1))[..., -1]
+        # the last class's probability (a binary model's one logit is a log-odds, no probability)
+        flat = (preds if data.task == "regression" else jax.nn.sigmoid(preds) if preds.ndim == 2
+                else jax.nn.softmax(preds, axis=-1)[..., -1])
         split = decompose.variance_split(jnp.asarray(flat).reshape(-1, n_inits, flat.shape[1]))
         terms |= {"variance from initialisation": split.init,
                   "variance from training sets": split.sampling}

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -192,8 +193,9 @@ def from_dict(table: Mapping[str, Any]) -> Scenario:
         raise ValueError(f"name={scenario.name!r} must be letters, digits, '_' or '-' "
                          "(it names the output folder).")
     domain = scenario.data.domain
-    if len(domain) != 2 or not domain[0] < domain[1]:
-        raise ValueError(f"data.domain={scenario.data.domain!r} must be [lo, hi] with lo < hi.")
+    if len(domain) != 2 or not -math.inf < domain[0] < domain[1] < math.inf:
+        raise ValueError(f"data.domain={scenario.data.domain!r} must be [lo, hi] with finite "
+                         "lo < hi.")
     # fields that are valid alone but not together: caught here, so that
     # `overfit validate` and a gallery's up-front load see them before any work
     t, e = scenario.train, scenario.early_stopping

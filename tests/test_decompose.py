@@ -105,6 +105,25 @@ def test_variance_split_recovers_init_and_sampling_parts():
         assert abs(term.value - truth) < 4 * term.se, (term, truth)
 
 
+def test_nested_squared_terms_are_unbiased_where_pooling_the_models_is_not():
+    """h = mu + a_S + e_(S,init), Var(a) = 1, Var(e) = 0.1, mu = f (no bias), noise 0.2:
+    4 sets x 8 inits, 20000 test points. Pooled as 32 independent models, bias2 picks up
+    A (m-1)/(Sm-1) = 0.226 and the variance loses it; the nested terms do not."""
+    s, m, n = 4, 8, 20000
+    f = _random((n,), 3)
+    preds = f + _random((s, 1, n), 4) + jnp.sqrt(0.1) * _random((s, m, n), 5)
+    nested = decompose.squared_nested(preds, f=f, noise=0.2)
+    for term, truth in ((nested.bias2, 0.0), (nested.variance, 1.1), (nested.loss, 1.3)):
+        assert abs(term.value - truth) < 4 * term.se, (term, truth)
+    pooled = decompose.squared(preds.reshape(s * m, n), f=f, noise=0.2, ddof=1)
+    assert pooled.bias2.value > 0.2 and pooled.variance.value < 0.9  # what nesting corrects
+    # one init per set is the independent case: the same numbers as squared(ddof=1)
+    one = decompose.squared_nested(preds[:, :1], f=f, noise=0.2)
+    flat = decompose.squared(preds[:, 0], f=f, noise=0.2, ddof=1)
+    for a, b in zip(one[:4], flat[:4]):
+        np.testing.assert_allclose(a.value, b.value, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -120,6 +139,8 @@ def test_variance_split_recovers_init_and_sampling_parts():
         (lambda: decompose.cross_entropy(jnp.full((3, 5, 2), 0.7), jnp.zeros(5, int)),
          "sum(ming)? to 1"),
         (lambda: decompose.variance_split(jnp.zeros((3, 1, 5))), "n_inits >= 2"),
+        (lambda: decompose.squared_nested(jnp.zeros((1, 4, 5)), f=jnp.zeros(5), noise=0.1),
+         r"n_sets >= 2, n_inits, n_points\); got \(1, 4, 5\)"),
     ],
 )
 def test_bad_inputs_are_rejected(call, message):

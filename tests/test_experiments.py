@@ -94,6 +94,24 @@ def test_adamw_decays_exactly_train_weight_decay_and_never_an_mlp_bias(decay):
     np.testing.assert_array_equal(updates["layers"][0]["b"], 0.0)
 
 
+def test_the_variance_split_of_a_binary_classifier_is_in_probability_units():
+    """The split's two terms sit beside the 0-1 loss and, for K classes, are variances of
+    a probability: a binary model's one logit goes through the sigmoid first (its
+    log-odds varied by 9 here; a probability's variance is at most 1/4)."""
+    import overfit as of
+
+    one = of.classification(jax.random.key(0), shape="moons", n_train=10, n_val=0, n_test=40)
+    data = jax.tree.map(lambda a: a[None], one)
+    logits = 3 * jax.random.normal(jax.random.key(1), (10 * 2, 40))
+    terms = experiments._decompose(data, np.asarray(logits), 0.0, n_inits=2)
+    want = of.decompose.variance_split(jax.nn.sigmoid(logits).reshape(10, 2, 40))
+    assert float(terms["variance from initialisation"].value) == pytest.approx(
+        float(want.init.value), rel=1e-6)
+    assert float(terms["variance from training sets"].value) == pytest.approx(
+        float(want.sampling.value), rel=1e-6)
+    assert float(want.total.value) < 0.25
+
+
 MODELS = {"polynomial": ({"kind": "polynomial"}, [1, 5]),
           "random_features": ({"kind": "random_features"}, [2, 5]),
           "mlp": ({"kind": "mlp", "hidden": [8]}, [2, 4])}

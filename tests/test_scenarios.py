@@ -116,6 +116,8 @@ def _raw(sc):
         (["early_stopping.rule='UP'", "early_stopping.alpha=2.5"],
          r"early_stopping.alpha=2.5: rule 'UP'.*whole number"),
         ("seed=18446744073709551616", r"seed=18446744073709551616 is out of range"),
+        ("data.domain=[0.0, inf]", r"data.domain=\[0.0, inf\] must be \[lo, hi\] with finite"),
+        ("data.domain=[1.0, 1.0]", r"data.domain=\[1.0, 1.0\] must be \[lo, hi\] with finite"),
         # least squares on 0/1 labels scored as logits: accuracies of nothing
         ("train.method='closed_form'", r"train.method='closed_form' is least squares on "
          r"regression targets; data.source='classification' gives class labels"),
