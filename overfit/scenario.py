@@ -210,7 +210,7 @@ def from_dict(table: Mapping[str, Any]) -> Scenario:
     return scenario
 
 
-def task(data: DataConfig) -> str:
+def _task(data: DataConfig) -> str:
     """``"classification"`` or ``"regression"``: what ``data.source`` draws."""
     if data.source == "real":
         return "classification" if datasets.REAL_N_CLASSES[data.name] else "regression"
@@ -226,7 +226,7 @@ def _check_method(scenario: Scenario) -> None:
     if method == "closed_form" and kind in TRAINED_KINDS:
         raise ValueError(f"kind={kind!r} follows training epoch by epoch; "
                          "train.method='closed_form' has no epochs: use train.method='gradient'.")
-    if method == "closed_form" and task(d) == "classification":
+    if method == "closed_form" and _task(d) == "classification":
         name = f", name={d.name!r}" if d.source == "real" else ""
         raise ValueError(f"train.method='closed_form' is least squares on regression targets; "
                          f"data.source={d.source!r}{name} gives class labels: use "
