@@ -41,15 +41,19 @@ def check_range(
     hi: float | None = None,
     lo_open: bool = False,
     hi_open: bool = False,
+    whole: bool = False,
 ) -> Any:
     """Raise ValueError unless every element of `value` lies in the interval.
 
     `lo_open`/`hi_open` exclude the end point, e.g. a flip rate in [0, 1)
-    is `check_range("flip", q, lo=0, hi=1, hi_open=True)`.
+    is `check_range("flip", q, lo=0, hi=1, hi_open=True)`. `whole` also asks for
+    whole numbers (a capacity: 2.5 would be cut to 2 when cast to an integer).
     """
     if not is_concrete(value):
         return value
     arr = np.asarray(value, dtype=float)
+    if whole and np.any(np.isfinite(arr) & (arr != np.round(arr))):
+        raise ValueError(f"{field}={value!r} must be a whole number (or whole numbers).")
     bad = ~np.isfinite(arr)
     if lo is not None:
         bad |= arr <= lo if lo_open else arr < lo

@@ -110,6 +110,8 @@ def patience(
     check_range("min_delta", min_delta, lo=0.0)
     check_int("patience", patience, lo=0)
     check_int("start_from_epoch", start_from_epoch, lo=0)
+    if baseline is not None:  # a NaN one is never beaten: every run would stop at `patience`
+        check_range("baseline", baseline)
     ref = jnp.inf if baseline is None else sign * float(baseline)
 
     def update(state: StopState, epoch: Array, value: Array, train_value: Array) -> StopState:

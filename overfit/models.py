@@ -140,7 +140,7 @@ def polynomial(max_degree: int, *, domain: tuple[float, float] = (0.0, 1.0)) -> 
 
     def make_state(key: Array, degree: Any = max_degree) -> State:
         del key
-        check_range("degree", degree, lo=0, hi=max_degree)
+        check_range("degree", degree, lo=0, hi=max_degree, whole=True)
         return {"degree": jnp.asarray(degree, jnp.int32)}
 
     def basis(state: State, x: Array) -> Array:
@@ -176,7 +176,7 @@ def random_features(
     check_range("scale", scale, lo=0.0, lo_open=True)
 
     def make_state(key: Array, n_features: Any = max_features) -> State:
-        check_range("n_features", n_features, lo=1, hi=max_features)
+        check_range("n_features", n_features, lo=1, hi=max_features, whole=True)
         kw, kb = jax.random.split(key)
         w = jax.random.normal(kw, (n_in, max_features)) / jnp.sqrt(n_in)
         if kind == "fourier":
@@ -211,7 +211,7 @@ def linear(n_in: int, *, n_out: int = 1, bias: bool = True) -> Model:
 
     def make_state(key: Array, n_inputs: Any = n_in) -> State:
         del key
-        check_range("n_inputs", n_inputs, lo=1, hi=n_in)
+        check_range("n_inputs", n_inputs, lo=1, hi=n_in, whole=True)
         return {"n_inputs": jnp.asarray(n_inputs, jnp.int32)}
 
     def basis(state: State, x: Array) -> Array:
@@ -273,7 +273,7 @@ def mlp(
         drop_rate: Any = drop_rate,
         input_drop_rate: Any = input_drop_rate,
     ) -> tuple[Params, State]:
-        check_range("width", width, lo=1, hi=max_width)
+        check_range("width", width, lo=1, hi=max_width, whole=True)
         check_range("drop_rate", drop_rate, lo=0.0, hi=1.0, hi_open=True)
         check_range("input_drop_rate", input_drop_rate, lo=0.0, hi=1.0, hi_open=True)
         if not stochastic:

@@ -569,6 +569,11 @@ def _check_weight(weight: Any, data: Dataset, batch_size: int | None, key: Array
     if weight.shape not in shapes:
         raise ValueError(f"weight has shape {weight.shape}; allowed: "
                          f"{' or '.join(map(str, shapes))} (members x training points).")
+    if is_concrete(weight):  # its weighted mean is 0/0: NaN, which reads as a divergence
+        empty = np.flatnonzero(np.asarray(weight).reshape(-1, n).sum(axis=1) == 0)
+        if empty.size:
+            raise ValueError(f"weight keeps no training point for member(s) "
+                             f"{empty.tolist()[:8]}: every row needs a positive weight.")
     return weight
 
 
@@ -586,6 +591,9 @@ def _check_members(key: Array, data: Dataset, hparams: Mapping[str, Array],
                           == jax.random.key_data(jax.random.key(0)).shape):
         raise ValueError(f"key must be a PRNG key, jax.random.key(seed), or M of them "
                          f"(jax.random.split(key, M)); got {type(key).__name__} {key!r:.60}.")
+    if jnp.ndim(key) > (1 if typed else 2):  # raw key data has a trailing axis of its own
+        raise ValueError(f"key must be one PRNG key or a 1-D batch of M keys "
+                         f"(jax.random.split(key, M)); got keys of shape {jnp.shape(key)}.")
     leaves = jax.tree_util.tree_flatten_with_path(data)[0]
     fields = {"data" + jax.tree_util.keystr(path): jnp.shape(a) for path, a in leaves}
     if not _is_key_batch(key):

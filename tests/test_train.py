@@ -328,6 +328,10 @@ def test_weighted_fit_arguments(reg_data):
     with pytest.raises(ValueError, match=r"weight has 1 of 40 values out of range \(first: "
                                          r"-1\); allowed values lie in \[0, inf\)\.$"):
         fit(model, reg_data, key=key, weight=np.r_[np.ones(39), -1.0])
+    # an empty row's weighted mean is 0/0: NaN, which fit would report as a divergence
+    with pytest.raises(ValueError, match=r"weight keeps no training point for member\(s\) "
+                                         r"\[1\]: every row needs a positive weight"):
+        fit(model, reg_data, key=keys, weight=np.ones((3, 40)) * np.c_[[1.0, 0.0, 2.0]])
 
 
 # ----------------------------------------------------------------------------- errors
@@ -371,6 +375,16 @@ def test_bad_fit_arguments(reg_data):
         fit(model, reg_data, key=key, hparams={"input_noise": -1.0})
     with pytest.raises(ValueError, match="val_accuracy"):
         fit(model, reg_data, key=key, early_stopping=patience(monitor="val_accuracy"))
+    with pytest.raises(ValueError, match=r"a 1-D batch of M keys .*got keys of shape \(2, 3\)"):
+        fit(model, reg_data, key=jax.random.split(key, (2, 3)))
+    with pytest.raises(ValueError, match=r"got keys of shape \(2, 3, 2\)"):  # raw key data
+        fit(model, reg_data, key=jax.random.key_data(jax.random.split(key, (2, 3))))
+    # a capacity is cast to an integer: 2.5 would quietly train degree 2
+    keys = jax.random.split(key, 2)
+    with pytest.raises(ValueError, match=r"degree=2.5 must be a whole number"):
+        fit(model, reg_data, key=keys, hparams={"degree": np.array([2.5, 3.0])})
+    with pytest.raises(ValueError, match=r"baseline=nan is out of range"):
+        patience(baseline=float("nan"))
 
 
 def test_per_member_inputs_must_agree_with_the_keys(reg_data):
