@@ -98,6 +98,9 @@ def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | N
                           compiler_options=compiler_options)
 
 
+_OLDER_CPU_EMITTERS = "xla_cpu_use_fusion_emitters"
+
+
 def fast_compile_options(devices: Sequence[Any] | None = None) -> dict[str, Any]:
     """XLA options that trade run time for compile time on CPUs.
 
@@ -119,9 +122,6 @@ def fast_compile_options(devices: Sequence[Any] | None = None) -> dict[str, Any]
     if _xla_accepts(_OLDER_CPU_EMITTERS, devices[0]):
         options[_OLDER_CPU_EMITTERS] = False
     return options
-
-
-_OLDER_CPU_EMITTERS = "xla_cpu_use_fusion_emitters"
 
 
 @functools.lru_cache(maxsize=8)
