@@ -33,7 +33,14 @@ from overfit.scenario import Scenario
 from overfit.solve import fit_linear
 from overfit.static import Static
 from overfit.sweep import batch_size_for, grid, map_members, shape_groups, take
-from overfit.train import FitResult, _check_model_hparams, default_loss, fit, score_outputs
+from overfit.train import (
+    FitResult,
+    check_model_hparams,
+    default_loss,
+    fit,
+    metric_name,
+    score_outputs,
+)
 
 Rows = list[dict[str, Any]]
 Figures = dict[str, Any]  # name -> matplotlib Figure
@@ -277,7 +284,7 @@ def scores(model: models.Model, params, state, data: datasets.Dataset,
     (MSE vs f) or ``test_accuracy_clean`` (vs the labels before label noise).
     ``weight`` ``(n_train,)`` weighs the training points (the rows a padded size uses)."""
     loss = default_loss(model, data)
-    name = "accuracy" if data.task == "classification" else "mse"
+    name = metric_name(data.task)
     result = {}
     for split in ("train", "val", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
@@ -340,7 +347,7 @@ def _width(model: models.Model) -> int:
 def _solve_grid(model, data, hparams, keys, ridge, draw_index=None, weight=None, *,
                 x64: bool = True) -> Solved:
     """Closed-form fits of every member, as batched solves (in float64 when ``x64``)."""
-    _check_model_hparams(model, hparams)  # inside the solve a capacity is traced: unchecked
+    check_model_hparams(model, hparams)  # inside the solve a capacity is traced: unchecked
 
     def one(member, d):
         key, hp, w = member
@@ -485,7 +492,7 @@ def capacity_curve(scenario: Scenario) -> tuple[Rows, Figures]:
     model, values, shape = sweep.model, sweep.values, sweep.shape
     rows = _rows({model.capacity: caps, "seed": range(scenario.sweep.seeds)}, values)
     v = {k: a.reshape(shape) for k, a in values.items()}
-    mse = "train_mse" in values
+    mse = metric_name(sweep.data.task) == "mse"
     name, test = ("mse", "test_risk") if mse else ("accuracy", "test_accuracy_clean")
     display = CurveDisplay(
         caps, {"train": v[f"train_{name}"], "validation": v[f"val_{name}"],
@@ -594,7 +601,7 @@ def validation_curve(scenario: Scenario) -> tuple[Rows, Figures]:
     n_seeds = scenario.sweep.seeds
     sweep = _sweep(scenario, "l2", lams)
     values, shape = sweep.values, sweep.shape
-    name = "accuracy" if "train_accuracy" in values else "mse"
+    name = metric_name(sweep.data.task)
     curves = {"train": values[f"train_{name}"].reshape(shape),
               "validation": values[f"val_{name}"].reshape(shape)}
     fig, (ax,) = panels(1, size=(6, 4.2))
@@ -636,7 +643,7 @@ def learning_curves(scenario: Scenario) -> tuple[Rows, Figures]:
             parts.append(grid_scores(scenario, model, result, data))
         values = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     rows = _rows({"n_train": sizes, column: caps, "seed": range(n_seeds)}, values)
-    name = "accuracy" if "train_accuracy" in values else "mse"
+    name = metric_name(sized.data.task)
     sign = -1 if name == "accuracy" else 1  # the gap is positive when overfitting
     shape = (len(sizes), len(caps), n_seeds)
     fig, axes = panels(len(caps) + 1, size=(4.6, 4), sharey=False,
@@ -711,7 +718,7 @@ def remedies(scenario: Scenario) -> tuple[Rows, Figures]:
     results = {name: results[name] for name in REMEDIES}
     rows = [{"remedy": name, **row} for name, r in results.items()
             for row in _rows({"seed": range(n_seeds)}, r[3])]
-    name = "accuracy" if base.task == "classification" else "mse"
+    name = metric_name(base.task)
     test = "test_risk" if name == "mse" else f"test_{name}"
     fig, (ax,) = panels(1, size=(7, 4.2))
     ComparisonDisplay(list(REMEDIES), {
@@ -1067,7 +1074,7 @@ def _min_norm_grid(scenario: Scenario, values: list, ridges: list, sample_wise: 
         model = build_model(sub, d)
         column = column if sample_wise else model.capacity
         index = np.flatnonzero(np.isin(flat["value"], group))
-        _check_model_hparams(model, {model.capacity: flat["value"][index]})
+        check_model_hparams(model, {model.capacity: flat["value"][index]})
         x64 = use_x64(scenario, closed_form=True)
         with jax.enable_x64(x64):
             part = _per_member(_in_precision(d, x64), take(members, index),
@@ -1092,7 +1099,7 @@ def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
     model, result, values, shape = sweep.model, sweep.result, sweep.values, sweep.shape
     v = {k: a.reshape(shape) for k, a in values.items()}
     history = _val_history(result, values)
-    if "train_accuracy" in v:
+    if metric_name(sweep.data.task) == "accuracy":
         name, final = "error", {"train": 1 - v["train_accuracy"],
                                 "test (clean labels)": 1 - v["test_accuracy_clean"]}
         history = 1 - history

@@ -115,6 +115,11 @@ def default_loss(model: Model, data: Dataset) -> str:
     return "bce" if model.n_out == 1 else "ce"
 
 
+def metric_name(task: str) -> str:
+    """The score reported for a task: ``"accuracy"`` (classification) or ``"mse"``."""
+    return "accuracy" if task == "classification" else "mse"
+
+
 def _check_task(model: Model, data: Dataset, loss: str | Loss) -> None:
     if not isinstance(loss, str):
         return
@@ -523,14 +528,14 @@ def fit(
             raise ValueError(f"hparams {unknown} are not knobs of this model "
                              f"(allowed: {list(model.hparams + TRAIN_HPARAMS)}) "
                              "and the optimizer takes none.")
-    _check_model_hparams(model, hparams)
+    check_model_hparams(model, hparams)
     _check_members(key, data, hparams, model.hparams)
     _probe(model, data.x_train.shape[-2:], data.x_train.dtype)
     if weight is not None:
         hparams = {**hparams, _WEIGHT: _check_weight(weight, data, batch_size, key)}
     stopper = never() if early_stopping is None else early_stopping
     if stopper.monitor.endswith(("accuracy", "mse")):
-        metric = "accuracy" if data.task == "classification" else "mse"
+        metric = metric_name(data.task)
         if not stopper.monitor.endswith(metric):
             raise ValueError(f"early_stopping monitor={stopper.monitor!r} does not fit "
                              f"{data.task} data, whose metric is {metric!r}.")
@@ -617,7 +622,7 @@ def _check_members(key: Array, data: Dataset, hparams: Mapping[str, Array],
                          f"{m}; got " + ", ".join(f"{k}: {s}" for k, s in wrong.items()) + ".")
 
 
-def _check_model_hparams(model: Model, hparams: Mapping[str, Any]) -> None:
+def check_model_hparams(model: Model, hparams: Mapping[str, Any]) -> None:
     """Run the model's own range checks on every concrete per-member value.
 
     ``init`` checks a Python value but not a traced one, and inside ``fit``
@@ -715,7 +720,7 @@ def _fit(key: Array, data: Dataset, hparams: Mapping[str, Any], *, config: _Conf
     last, members, history = jax.lax.while_loop(cond, body, carry)
     finish = jax.vmap(trainer.finish, in_axes=(0, 0, None, data_axis))
     params, best_epoch, stop_epoch, *tail = finish(members, state, last - 1, data)
-    metric = "accuracy" if data.task == "classification" else "mse"
+    metric = metric_name(data.task)
     result = FitResult(params, state, history, best_epoch, stop_epoch, *tail, metric,
                        config.eval_every)
     return jax.tree.map(lambda a: a[0], result) if single else result
