@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import Array
 
-from overfit._checks import check_int, check_range, is_concrete
+from overfit._checks import check_choice, check_int, check_range, is_concrete
 
 
 class Term(NamedTuple):
@@ -33,9 +33,11 @@ def _term(pointwise: Array) -> Term:
     return Term(jnp.mean(pointwise, axis=-1), se)
 
 
-def _check_models(preds: Array, name: str = "preds") -> None:
-    if preds.ndim < 2:
-        raise ValueError(f"{name} must have shape (n_models, n_points, ...); got {preds.shape}.")
+def _check_models(preds: Array, name: str = "preds", shape: str = "(n_models, n_points)") -> None:
+    # one more axis would broadcast against the (n,) targets into (n, n) nonsense
+    if preds.ndim != shape.count(",") + 1:
+        raise ValueError(f"{name} must have shape {shape}; got {preds.shape} (a one-output "
+                         "model's (R, n, 1): take [..., 0]).")
     if preds.shape[0] < 2:
         raise ValueError(f"{name} holds {preds.shape[0]} model(s); a variance needs at least 2.")
 
@@ -78,6 +80,7 @@ def squared(preds: Array, *, y: Array | None = None, f: Array | None = None,
             squared deviation from the target).
     """
     _check_models(preds)
+    preds = _floating(preds)
     n = preds.shape[1]
     if (f is None) == (y is None):
         raise ValueError("give exactly one of f (with noise) or y.")
@@ -85,7 +88,11 @@ def squared(preds: Array, *, y: Array | None = None, f: Array | None = None,
     _check_points("f" if f is not None else "y", target, n)
     if f is not None and noise is None:
         raise ValueError("noise (the noise variance) is required with f.")
+    if y is not None and noise is not None:
+        raise ValueError("noise goes with f: with noisy targets y the noise is inside bias2 "
+                         "and reported 0; give f and noise to separate it.")
     check_range("noise", noise if noise is not None else 0.0, lo=0.0)
+    check_choice("ddof", ddof, (0, 1))
     main = jnp.mean(preds, axis=0)
     variance = jnp.var(preds, axis=0, ddof=ddof)
     # the plug-in (target - main)^2 is biased up by Var/R; ddof=1 removes that too
@@ -110,8 +117,11 @@ def squared_nested(preds: Array, *, f: Array, noise: Array | float) -> Squared:
     """
     if preds.ndim != 3 or preds.shape[0] < 2:
         raise ValueError(f"preds must be (n_sets >= 2, n_inits, n_points); got {preds.shape}.")
+    preds = _floating(preds)
     n_sets, _, n = preds.shape
     _check_points("f", f, n)
+    if noise is None:
+        raise ValueError("noise (the noise variance, >= 0) is required.")
     check_range("noise", noise, lo=0.0)
     main = jnp.mean(preds, axis=(0, 1))
     between = jnp.var(jnp.mean(preds, axis=1), axis=0, ddof=1)  # Var of the per-set means
@@ -119,6 +129,20 @@ def squared_nested(preds: Array, *, f: Array, noise: Array | float) -> Squared:
     variance = between if preds.shape[1] == 1 else _split(preds)[0]
     s2 = jnp.broadcast_to(jnp.asarray(noise, preds.dtype), (n,))
     return Squared(_term(bias2 + variance + s2), _term(bias2), _term(variance), _term(s2), main)
+
+
+def _floating(preds: Array) -> Array:
+    """Integer predictions as floats: the noise variance is cast to their dtype."""
+    preds = jnp.asarray(preds)
+    return preds.astype(jnp.result_type(preds.dtype, float))
+
+
+def _labels(name: str, arr: Array) -> None:
+    if not jnp.issubdtype(jnp.asarray(arr).dtype, jnp.integer):
+        raise ValueError(f"{name} must hold integer class labels; got dtype "
+                         f"{jnp.asarray(arr).dtype} (take argmax of scores first).")
+    if is_concrete(arr) and jnp.any(jnp.asarray(arr) < 0):
+        raise ValueError(f"{name} holds negative labels; labels lie in [0, n_classes).")
 
 
 def _mode(labels: Array, n_classes: int) -> tuple[Array, Array]:
@@ -145,7 +169,8 @@ def zero_one(preds: Array, y: Array, *, n_classes: int | None = None) -> ZeroOne
     Args:
         preds: predicted labels ``(n_models, n_points)``, integers in [0, n_classes).
         y: labels ``(n_points,)``.
-        n_classes: number of classes (default: ``max + 1`` over preds and y).
+        n_classes: number of classes (default: ``max + 1`` over preds and y,
+            which needs concrete arrays: give it under ``jit``).
 
     Bias and variance are mlxtend's; the net variance makes the identity
     ``loss = bias + net_variance`` hold per point: on an unbiased point the
@@ -155,10 +180,10 @@ def zero_one(preds: Array, y: Array, *, n_classes: int | None = None) -> ZeroOne
     _check_models(preds)
     _check_points("y", y, preds.shape[1])
     for name, arr in (("preds", preds), ("y", y)):
-        if not jnp.issubdtype(jnp.asarray(arr).dtype, jnp.integer):
-            raise ValueError(f"{name} must hold integer class labels; got dtype "
-                             f"{jnp.asarray(arr).dtype} (take argmax of scores first).")
+        _labels(name, arr)
     if n_classes is None:
+        if not (is_concrete(preds) and is_concrete(y)):
+            raise ValueError("n_classes is required when preds or y are traced (under jit).")
         n_classes = int(max(jnp.max(preds), jnp.max(y))) + 1
     check_int("n_classes", n_classes, lo=1)
     for name, arr in (("preds", preds), ("y", y)):
@@ -192,10 +217,9 @@ def cross_entropy(probs: Array, y: Array, *, atol: float = 1e-4) -> CrossEntropy
         y: labels ``(n_points,)`` in [0, n_classes).
         atol: tolerance on the row sums.
     """
-    _check_models(probs, "probs")
-    if probs.ndim != 3:
-        raise ValueError(f"probs must be (n_models, n_points, n_classes); got {probs.shape}.")
+    _check_models(probs, "probs", "(n_models, n_points, n_classes)")
     _check_points("y", y, probs.shape[1])
+    _labels("y", y)
     k = probs.shape[-1]
     if is_concrete(probs):
         if jnp.any(jnp.abs(jnp.sum(probs, axis=-1) - 1.0) > atol) or jnp.any(probs < 0):

@@ -43,6 +43,17 @@ def test_squared_identities_against_noisy_targets_and_against_the_truth():
                                rtol=1e-5)
 
 
+def test_integer_predictions_keep_a_fractional_noise_variance():
+    """The noise variance was cast to the predictions' dtype: 0.25 became 0 for integers."""
+    preds, f = jnp.array([[0, 1, 2], [1, 1, 3]]), jnp.array([0.5, 1.0, 2.5])
+    d = decompose.squared(preds, f=f, noise=0.25)
+    # mean over points of (f - main)^2 = 0 and Var = (0.25, 0, 0.25)
+    np.testing.assert_allclose(d.noise.value, 0.25)
+    np.testing.assert_allclose(d.loss.value, 0.5 / 3 + 0.25, rtol=1e-6)
+    nested = decompose.squared_nested(preds[:, None, :], f=f, noise=0.25)
+    np.testing.assert_allclose(nested.noise.value, 0.25)
+
+
 def test_finite_ensemble_correction_recovers_a_known_variance():
     """Predictions = f + N(0, v): ddof=0 is low by (R-1)/R, ddof=1 is right."""
     r, n, v = 5, 20_000, 0.5
@@ -141,6 +152,25 @@ def test_nested_squared_terms_are_unbiased_where_pooling_the_models_is_not():
         (lambda: decompose.variance_split(jnp.zeros((3, 1, 5))), "n_inits >= 2"),
         (lambda: decompose.squared_nested(jnp.zeros((1, 4, 5)), f=jnp.zeros(5), noise=0.1),
          r"n_sets >= 2, n_inits, n_points\); got \(1, 4, 5\)"),
+        # a one-output model's (R, n, 1) used to broadcast against f into (n,)-shaped "terms"
+        (lambda: decompose.squared(jnp.zeros((3, 5, 1)), f=jnp.zeros(5), noise=0.1),
+         r"preds must have shape \(n_models, n_points\); got \(3, 5, 1\)"),
+        (lambda: decompose.zero_one(jnp.zeros((3, 5, 1), int), jnp.zeros(5, int)),
+         r"preds must have shape \(n_models, n_points\)"),
+        (lambda: decompose.cross_entropy(jnp.full((3, 5), 0.5), jnp.zeros(5, int)),
+         r"probs must have shape \(n_models, n_points, n_classes\)"),
+        # noise used to be dropped silently with y, ddof=5 gave NaN
+        (lambda: decompose.squared(jnp.zeros((3, 5)), y=jnp.zeros(5), noise=0.5),
+         "noise goes with f"),
+        (lambda: decompose.squared(jnp.zeros((3, 5)), y=jnp.zeros(5), ddof=5),
+         r"ddof=5.*0, 1"),
+        (lambda: decompose.squared_nested(jnp.zeros((2, 2, 5)), f=jnp.zeros(5), noise=None),
+         "noise .* is required"),
+        (lambda: decompose.zero_one(jnp.full((3, 5), -1), jnp.full(5, -1)), "negative labels"),
+        (lambda: decompose.cross_entropy(jnp.full((3, 5, 2), 0.5), jnp.zeros(5)),
+         "y must hold integer class labels"),
+        (lambda: jax.jit(decompose.zero_one)(jnp.zeros((3, 5), int), jnp.zeros(5, int)),
+         "n_classes is required"),
     ],
 )
 def test_bad_inputs_are_rejected(call, message):
