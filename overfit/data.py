@@ -221,60 +221,63 @@ def _regression(
 # it). Playground's positive class is label 1, its negative class label 0.
 
 
-def _circle(c: Array, u: Array, z: Array, noise: Array) -> tuple[Array, Array]:
+def _circle(c: Array, u: Array, z: Array, noise: Array) -> tuple[Array, Array, Array]:
     del z
     # Class 1 inside radius 2.5, class 0 in the ring 3.5..5; the radius, not the area,
     # is uniform, as in Playground.
     r = jnp.where(c == 1, 2.5 * u[:, 0], 3.5 + 1.5 * u[:, 0])
     angle = 2.0 * jnp.pi * u[:, 1]
     x = jnp.stack([r * jnp.sin(angle), r * jnp.cos(angle)], axis=-1)
-    # Playground: the label comes from a jittered copy of the point, the point stays clean.
+    # Playground: the label comes from a jittered copy of the point, the point stays clean;
+    # so the noise is label noise and the truth is the point's own side of the circle.
     jitter = noise * (10.0 * u[:, 2:4] - 5.0)
     label = jnp.linalg.norm(x + jitter, axis=-1) < 2.5
-    return x, label.astype(jnp.int32)
+    return x, label.astype(jnp.int32), c
 
 
-def _xor(c: Array, u: Array, z: Array, noise: Array) -> tuple[Array, Array]:
+def _xor(c: Array, u: Array, z: Array, noise: Array) -> tuple[Array, Array, Array]:
     del c, z  # the label is the quadrant
     x = 10.0 * u[:, 0:2] - 5.0
     # Padding keeps points 0.3 away from the axes, the class boundary.
     x = x + jnp.where(x > 0, 0.3, -0.3)
     moved = x + noise * (10.0 * u[:, 2:4] - 5.0)
-    return x, (moved[:, 0] * moved[:, 1] >= 0).astype(jnp.int32)
+    label = (moved[:, 0] * moved[:, 1] >= 0).astype(jnp.int32)
+    return x, label, (x[:, 0] * x[:, 1] >= 0).astype(jnp.int32)
 
 
-def _gauss(c: Array, u: Array, z: Array, noise: Array) -> tuple[Array, Array]:
+def _gauss(c: Array, u: Array, z: Array, noise: Array) -> tuple[Array, Array, Array]:
     del u
     # Playground maps noise 0..0.5 linearly onto the variance 0.5..4.
     std = jnp.sqrt(0.5 + 7.0 * noise)
     centre = jnp.where(c == 1, 2.0, -2.0)[:, None]
-    return centre + std * z, c
+    return centre + std * z, c, c
 
 
-def _spiral(c: Array, u: Array, z: Array, noise: Array) -> tuple[Array, Array]:
+def _spiral(c: Array, u: Array, z: Array, noise: Array) -> tuple[Array, Array, Array]:
     del z
     r = 5.0 * u[:, 0]
     t = 3.5 * jnp.pi * u[:, 0] + jnp.where(c == 1, 0.0, jnp.pi)
     x = jnp.stack([r * jnp.sin(t), r * jnp.cos(t)], axis=-1)
-    return x + noise * (2.0 * u[:, 1:3] - 1.0), c
+    return x + noise * (2.0 * u[:, 1:3] - 1.0), c, c
 
 
-def _moons(c: Array, u: Array, z: Array, noise: Array) -> tuple[Array, Array]:
+def _moons(c: Array, u: Array, z: Array, noise: Array) -> tuple[Array, Array, Array]:
     t = jnp.pi * u[:, 0]
     # scikit-learn's make_moons: class 0 the upper arc, class 1 the shifted lower arc.
     upper = jnp.stack([jnp.cos(t), jnp.sin(t)], axis=-1)
     lower = jnp.stack([1.0 - jnp.cos(t), 0.5 - jnp.sin(t)], axis=-1)
-    return jnp.where((c == 1)[:, None], lower, upper) + noise * z, c
+    return jnp.where((c == 1)[:, None], lower, upper) + noise * z, c, c
 
 
-SHAPES: dict[str, Callable[[Array, Array, Array, Array], tuple[Array, Array]]] = {
+SHAPES: dict[str, Callable[[Array, Array, Array, Array], tuple[Array, Array, Array]]] = {
     "circle": _circle,
     "xor": _xor,
     "gauss": _gauss,
     "spiral": _spiral,
     "moons": _moons,
 }
-"""2-D generators ``(coin, u, z, noise) -> (x (n, 2), label (n,) int32)``.
+"""2-D generators ``(coin, u, z, noise) -> (x (n, 2), label (n,), truth (n,))``, int32
+labels: ``label`` is what the noise makes of ``truth``, the noiseless class.
 
 ``coin`` is the ``(n,)`` int32 class draw, ``u`` ``(n, 4)`` uniform on [0, 1) and ``z``
 ``(n, 2)`` standard normal: the randomness a generator may use.
@@ -290,9 +293,9 @@ def _classification_split(
     u = _rows(jax.random.uniform, keys[0], n, n_pad, 6)
     z = _rows(jax.random.normal, keys[1], n, n_pad, 2)
     coin = (u[:, 0] < 0.5).astype(jnp.int32)
-    x, f = SHAPES[shape](coin, u[:, 2:], z, jnp.asarray(noise, jnp.float32))
+    x, label, f = SHAPES[shape](coin, u[:, 2:], z, jnp.asarray(noise, jnp.float32))
     flipped = u[:, 1] < flip
-    return x.astype(jnp.float32), jnp.where(flipped, 1 - f, f), f
+    return x.astype(jnp.float32), jnp.where(flipped, 1 - label, label), f
 
 
 def classification(
@@ -337,7 +340,9 @@ def classification(
 
     Returns:
         Dataset with ``x_*`` ``(n_split, 2)`` float32; ``f_*`` ``(n_split,)`` int32 the
-        generator's labels in {0, 1}; ``y_*`` the same labels after the flip.
+        noiseless class in {0, 1} (for circle and xor the point's own side of the
+        boundary, before the noise moves its label); ``y_*`` the labels after the
+        noise and the flip.
         Task ``"classification"``, 2 classes.
     """
     check_choice("shape", shape, SHAPES)
@@ -541,8 +546,9 @@ def real(
         )
     X, y = _load(name)
     n_train, n_val, n_test = _split_counts(len(X), (0.0, val_frac, test_frac))
-    for field, count in (("val_frac", n_val), ("test_frac", n_test)):
-        if count < max(n_classes, 1):
+    for field, count in (("val_frac", n_val), ("test_frac", n_test),
+                         ("1 - val_frac - test_frac", n_train)):
+        if count < max(n_classes, 1):  # a stratified split needs every class in every part
             raise ValueError(f"{field} gives {count} points of {len(X)}; too few to split.")
     # Index permutation, so X and y are cut once in split order.
     strat = y if n_classes else None
@@ -715,6 +721,10 @@ def subsample(key: Array, data: Dataset, n: int, *, replace: bool = False) -> Da
     Returns:
         Dataset whose ``x_train``, ``y_train`` and ``f_train`` have ``n`` rows.
     """
+    if data.x_train.ndim != 2:  # rows would be drawn from the batch axis instead
+        raise ValueError(f"data must be a single data set, x_train (n, d); got x_train of "
+                         f"shape {data.x_train.shape}: vmap over a batch, e.g. "
+                         "jax.vmap(resample)(keys, batch).")
     if replace:
         n = check_int("n", n, lo=1)
         idx = jax.random.randint(key, (n,), 0, data.n_train, dtype=jnp.int32)

@@ -141,7 +141,8 @@ def test_classification_shapes_balance_and_noise(shape):
             n = SIZES[f"n_{split}"]
             assert x.shape == (n, 2) and x.dtype == np.float32
             assert y.dtype == f.dtype == np.int32 and set(np.unique(f)) <= {0, 1}
-            np.testing.assert_array_equal(y, f)  # flip = 0
+    for split in SPLITS:
+        np.testing.assert_array_equal(_split(clean, "y", split), _split(clean, "f", split))
     # independent splits: no point of one split reappears in another
     rows = [set(map(tuple, np.asarray(_split(clean, "x", s)).tolist())) for s in SPLITS]
     assert sum(map(len, rows)) == len(set().union(*rows)) == sum(SIZES.values())
@@ -157,11 +158,14 @@ def test_classification_shapes_balance_and_noise(shape):
         np.testing.assert_array_equal(f == 1, x[:, 0] * x[:, 1] >= 0)
         assert np.all((np.abs(x) >= 0.3) & (np.abs(x) <= 5.3))
     if shape in ("circle", "xor"):
-        # Playground: the point stays where it is, its label comes from a moved copy.
+        # Playground: the point stays where it is, its label comes from a moved copy;
+        # the truth stays the point's own label (it used to be the moved copy's).
         np.testing.assert_array_equal(xn, x)
-        assert 0 < np.mean(_all(noisy, "f") != f) < 0.5
+        np.testing.assert_array_equal(_all(noisy, "f"), f)
+        assert 0 < np.mean(_all(noisy, "y") != f) < 0.5
     else:
         np.testing.assert_array_equal(_all(noisy, "f"), f)
+        np.testing.assert_array_equal(_all(noisy, "y"), f)
     if shape == "gauss":
         centre = np.where(f[:, None] == 1, 2.0, -2.0)
         # Same normal draws, std scaled from sqrt(0.5) to sqrt(0.5 + 7 * 0.3).
@@ -178,7 +182,8 @@ def test_classification_flip_rate_vmapped():
     flips = np.tile(np.array([0.0, 0.05, 0.2, 0.45], np.float32), 100)
     noises = np.tile(np.array([0.0, 0.1], np.float32), 200)
     keys = jax.random.split(KEY, 400)
-    batch = jax.vmap(lambda k, s, q: classification(k, noise=s, flip=q))(
+    # spiral: its noise moves points, not labels, so every y != f is a flip
+    batch = jax.vmap(lambda k, s, q: classification(k, shape="spiral", noise=s, flip=q))(
         keys, jnp.asarray(noises), jnp.asarray(flips)
     )
     assert batch.x_train.shape == (400, 200, 2)
@@ -414,6 +419,8 @@ ERRORS = [
     (lambda: real("iris", val_frac=0.0), r"val_frac=0.0 .*\(0, 1\)"),
     (lambda: real("iris", test_frac=1.0), r"test_frac=1.0 .*\(0, 1\)"),
     (lambda: real("iris", val_frac=0.5, test_frac=0.5), r"val_frac \+ test_frac = 1 must be < 1"),
+    (lambda: real("iris", val_frac=0.49, test_frac=0.5),
+     r"1 - val_frac - test_frac gives 1 points of 150; too few"),
     (lambda: real("iris", label_noise=1.0), r"label_noise=1.0 .*\[0, 1\)"),
     (lambda: real("diabetes", label_noise=0.1), r"label_noise=0.1 .*regression set 'diabetes'"),
     (lambda: sphere(KEY, 0), r"p=0 .*\[1, inf\)"),
@@ -424,6 +431,16 @@ ERRORS = [
     (lambda: linear(KEY, p=3, n_train=5, s2=-0.5), r"s2=-0.5"),
     (lambda: linear(KEY, p=3, n_train=5, coef=jnp.ones(4)), r"coef has shape \(4,\)"),
 ]
+
+
+def test_resample_and_subsample_refuse_a_batch():
+    """A batch used to have its rows drawn from the batch axis, clamped, without an error."""
+    batch = jax.vmap(lambda k: regression(k, n_train=30))(jax.random.split(KEY, 4))
+    for call in (lambda: resample(KEY, batch), lambda: subsample(KEY, batch, 3)):
+        with pytest.raises(ValueError, match=r"single data set.*shape \(4, 30, 1\)"):
+            call()
+    one = jax.vmap(resample)(jax.random.split(KEY, 4), batch)  # the way the message shows
+    assert one.x_train.shape == (4, 30, 1)
 
 
 @pytest.mark.parametrize("call,match", ERRORS)
