@@ -38,13 +38,15 @@ def solve(phi: Array, y: Array, *, ridge: Array | float = 0.0, rcond: float | No
     """Minimise ``(1/2n)|phi w - y|^2 + (ridge/2)|w|^2``; min-norm when ``ridge = 0``.
 
     Args:
-        phi: design matrix, ``(n, P)``.
+        phi: design matrix, ``(n, P)``, floating point.
         y: targets, ``(n,)`` or ``(n, k)``.
-        ridge: penalty lambda >= 0 (may be traced); the solution is
-            ``(phi'phi + n lambda I)^-1 phi'y``, the GROUND_TRUTH §2 convention.
-        rcond: relative singular-value cutoff for the ``ridge = 0`` case
-            (may be traced); default ``10 max(n, P) eps``, counting only rows
-            of nonzero weight, so padding a design does not move it.
+        ridge: penalty lambda >= 0, a scalar (may be traced; vmap for a grid of
+            penalties); the solution is ``(phi'phi + n lambda I)^-1 phi'y``, the
+            GROUND_TRUTH §2 convention.
+        rcond: relative singular-value cutoff >= 0 (may be traced): directions
+            whose singular value is below ``rcond`` times the largest are dropped,
+            with or without a ridge; default ``10 max(n, P) eps``, counting only
+            rows of nonzero weight, so padding a design does not move it.
         weight: per-row weights ``(n,)`` >= 0 (may be traced): minimise the
             weighted mean ``(1/2 sum w) sum_i w_i (phi_i w - y_i)^2`` plus the
             penalty, so ``sum w`` takes the place of ``n``. Rows of weight 0
@@ -53,10 +55,22 @@ def solve(phi: Array, y: Array, *, ridge: Array | float = 0.0, rcond: float | No
 
     Returns:
         ``w`` of shape ``(P,)`` or ``(P, k)``: for full column rank and no ridge
-        the least-squares solution; otherwise ``pinv(phi) y``.
+        the least-squares solution; rank-deficient with no ridge, the min-norm
+        ``pinv(phi) y``; with a ridge, the ridge solution.
     """
-    check_range("ridge", ridge, lo=0.0)
+    if jnp.ndim(phi) != 2 or not jnp.issubdtype(jnp.result_type(phi), jnp.floating):
+        raise ValueError(f"phi must be a floating-point (n, P) design; got shape "
+                         f"{jnp.shape(phi)}, dtype {jnp.result_type(phi)}.")
     n, p = phi.shape
+    if jnp.ndim(y) not in (1, 2) or jnp.shape(y)[0] != n:
+        raise ValueError(f"y must have shape ({n},) or ({n}, k) to match phi's {n} rows; "
+                         f"got {jnp.shape(y)}.")
+    if jnp.ndim(ridge) != 0:
+        raise ValueError(f"ridge must be a scalar; got shape {jnp.shape(ridge)} "
+                         "(vmap solve over a grid of penalties).")
+    check_range("ridge", ridge, lo=0.0)
+    if rcond is not None:
+        check_range("rcond", rcond, lo=0.0)
     if weight is not None:
         if jnp.shape(weight) != (n,):
             raise ValueError(f"weight has shape {jnp.shape(weight)}; it needs one value per "

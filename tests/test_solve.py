@@ -237,6 +237,16 @@ def test_bad_inputs():
         solve(jnp.ones((4, 2)), jnp.ones(4), weight=jnp.array([1.0, -1.0, 1.0, 1.0]))
     with pytest.raises(ValueError, match="linear in its parameters"):
         fit_linear(mlp(1, (4,)), {"width": jnp.asarray(4)}, jnp.ones((4, 1)), jnp.ones(4))
+    # an array of penalties was applied per singular value, a negative cutoff let near-null
+    # directions through (weights of 3e5), y of 2n rows failed inside a reshape
+    with pytest.raises(ValueError, match=r"ridge must be a scalar; got shape \(2,\)"):
+        solve(jnp.ones((4, 2)), jnp.ones(4), ridge=jnp.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"rcond=-1.0 is out of range"):
+        solve(jnp.ones((4, 2)), jnp.ones(4), rcond=-1.0)
+    with pytest.raises(ValueError, match=r"y must have shape \(4,\) or \(4, k\).*got \(8,\)"):
+        solve(jnp.ones((4, 2)), jnp.ones(8))
+    with pytest.raises(ValueError, match=r"phi must be a floating-point \(n, P\) design"):
+        solve(jnp.ones((4, 2), int), jnp.ones(4))
 
 
 # ----------------------------------------------------------------------------- GROUND_TRUTH §7
