@@ -11,6 +11,13 @@ import numpy as np
 from overfit._checks import check_range
 
 
+def _check_signal_noise(r2: float, s2: float, gamma=None) -> None:
+    check_range("r2", r2, lo=0.0)
+    check_range("s2", s2, lo=0.0)
+    if gamma is not None:
+        check_range("gamma", gamma, lo=0.0, lo_open=True)  # p / n of a model with parameters
+
+
 def fixed_design(p: int, n: int, s2: float = 1.0) -> dict[str, float]:
     """Least squares with a fixed full-rank design (ESL 7.3-7.4).
 
@@ -20,19 +27,21 @@ def fixed_design(p: int, n: int, s2: float = 1.0) -> dict[str, float]:
     """
     if not 0 < p <= n:
         raise ValueError(f"p={p} must lie in [1, n={n}] for a full-rank design.")
+    check_range("s2", s2, lo=0.0)
     return {"variance": s2 * p / n, "train": s2 * (1 - p / n), "test": s2 * (1 + p / n),
             "optimism": 2 * s2 * p / n}
 
 
-def min_norm_risk(p, n: int, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
+def min_norm_risk(p, n, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
     """Exact finite-sample ``E |bhat - b|^2`` of min-norm least squares, x ~ N(0, I_p).
 
     ``s2 p / (n - p - 1)`` for ``p <= n - 2``; ``r2 (1 - n/p) + s2 n / (p - n - 1)``
     for ``p >= n + 2`` (inverse-Wishart means, Belkin, Hsu & Xu 2019); infinite
-    for p in {n-1, n, n+1}. ``p`` may be an array.
+    for p in {n-1, n, n+1}. ``p`` and ``n`` may be arrays.
     """
-    check_range("r2", r2, lo=0.0)
-    check_range("s2", s2, lo=0.0)
+    _check_signal_noise(r2, s2)
+    check_range("p", p, lo=0.0, lo_open=True)  # continuous p and n draw the curve between sizes
+    check_range("n", n, lo=0.0, lo_open=True)
     p = np.asarray(p, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         under = s2 * p / (n - p - 1)
@@ -46,6 +55,7 @@ def min_norm_risk_asymptotic(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndar
     ``s2 gamma / (1 - gamma)`` below 1, ``r2 (1 - 1/gamma) + s2 / (gamma - 1)``
     above, infinite at 1.
     """
+    _check_signal_noise(r2, s2, gamma)
     g = np.asarray(gamma, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         under = s2 * g / (1 - g)
@@ -63,7 +73,7 @@ def optimal_ridge_risk(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
     ``r2 (1 - 1/gamma)`` above 1 and 0 below.
     """
     check_range("r2", r2, lo=0.0, lo_open=True)
-    check_range("s2", s2, lo=0.0)
+    _check_signal_noise(r2, s2, gamma)
     g = np.asarray(gamma, float)
     if s2 == 0:  # the formula is 0 * inf there
         return r2 * np.maximum(0.0, 1 - 1 / g)
@@ -75,4 +85,6 @@ def optimal_ridge_risk(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
 
 def optimal_ridge_lambda(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
     """The optimal ridge strength ``l* = s2 gamma / r2`` in the ``n l`` convention."""
+    check_range("r2", r2, lo=0.0, lo_open=True)
+    _check_signal_noise(r2, s2, gamma)
     return s2 * np.asarray(gamma, float) / r2

@@ -87,6 +87,20 @@ def test_optimal_ridge_without_noise_is_the_limit_of_vanishing_noise():
         theory.optimal_ridge_risk(gamma, s2=-1.0)
 
 
+@pytest.mark.parametrize("call, message", [
+    # each returned a negative "risk" before it was checked
+    (lambda: theory.optimal_ridge_risk(-1.0), r"gamma=-1.0 is out of range.*\(0, inf\)"),
+    (lambda: theory.min_norm_risk_asymptotic(-0.5), r"gamma=-0.5 is out of range"),
+    (lambda: theory.min_norm_risk([-3], 10), r"p=\[-3\] is out of range"),
+    (lambda: theory.min_norm_risk_asymptotic(0.5, s2=-1.0), r"s2=-1.0 is out of range"),
+    (lambda: theory.fixed_design(3, 10, s2=-1.0), r"s2=-1.0 is out of range"),
+    (lambda: theory.optimal_ridge_lambda(0.0), r"gamma=0.0 is out of range"),
+])
+def test_theory_refuses_inputs_outside_its_formulas(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
 def test_random_features_interpolate_past_the_threshold_and_their_norm_peaks_there():
     n = 40
     # 10-D inputs: in 1-D, ReLU kinks can miss the gaps between points and stay rank-deficient
