@@ -46,18 +46,38 @@ def _columns(field: str, values: Any, n_x: int) -> np.ndarray:
     """``values`` as ``(n_x, n_repeats)``: one row per x, repeats as columns."""
     values = np.asarray(values, float)
     if values.shape == (n_x,) or (values.ndim == 2 and values.shape[0] == n_x):
-        return values.reshape(n_x, -1)
+        # inf (a diverged loss) has no place on an axis: left out like NaN, so the mean
+        # and the median modes agree
+        return np.where(np.isfinite(values), values, np.nan).reshape(n_x, -1)
     hint = (" (repeats as rows? pass its transpose)" if values.ndim == 2
             and values.shape[1] == n_x else "")
     raise ValueError(f"{field} has shape {values.shape}; allowed: ({n_x},) or ({n_x}, "
                      f"n_repeats), one row per x{hint}.")
 
 
-def _wide(x: np.ndarray) -> bool:
-    """scikit-learn's rule: log x when positive values span a ratio above 5."""
-    x = np.asarray(x, float)
-    x = x[np.isfinite(x)]
-    return x.size > 1 and x.min() > 0 and x.max() / x.min() > 5 and np.ptp(np.diff(x)) > 0
+def _x_scale(x: np.ndarray, log: bool | None) -> str:
+    """scikit-learn's rule for ``log=None``: a log axis when the largest gap between
+    sorted x values is over 5 times the smallest (a geometric grid), ``"symlog"``
+    when x reaches 0 or below (lambda = 0 in a grid of penalties)."""
+    x = np.unique(np.asarray(x, float)[np.isfinite(x)])
+    if log is None:
+        gaps = np.diff(x)
+        log = gaps.size > 0 and gaps.max() / gaps.min() > 5
+    if not log:
+        return "linear"
+    return "symlog" if x.size and x.min() <= 0 else "log"
+
+
+def _set_log(ax: plt.Axes, axis: str, values: np.ndarray) -> None:
+    """A log scale on ``axis``; symlog, linear below the smallest nonzero |value|, when
+    some values are 0 or negative (a log scale would drop them without a word)."""
+    finite = values[np.isfinite(values)]
+    setter = ax.set_xscale if axis == "x" else ax.set_yscale
+    if finite.size and finite.min() <= 0:
+        nonzero = np.abs(finite[finite != 0])
+        setter("symlog", linthresh=float(nonzero.min()) if nonzero.size else 1.0)
+    else:
+        setter("log")
 
 
 class CurveDisplay:
@@ -65,8 +85,9 @@ class CurveDisplay:
 
     Args:
         x: abscissae, ``(n_x,)`` (epochs, degree, lambda, n_train, ...).
-        curves: name -> values ``(n_x,)`` or ``(n_x, n_repeats)``; NaN entries
-            (epochs never run) are left out of the mean and band.
+        curves: name -> values ``(n_x,)`` or ``(n_x, n_repeats)``; NaN and inf
+            entries (epochs never run, a diverged loss) are left out of the
+            centre and band.
         xlabel, ylabel, title: labels.
         best: name of the curve whose optimum is marked, or None.
         best_mode: ``"min"`` or ``"max"``.
@@ -162,17 +183,26 @@ class CurveDisplay:
         band: bool = True,
         line_kw: Mapping[str, Any] | None = None,
     ) -> CurveDisplay:
-        """Draw the curves; ``logx=None`` picks log scale for wide positive ranges."""
+        """Draw the curves, in increasing x whatever the given order.
+
+        ``logx=None`` follows scikit-learn (log for a geometric grid, symlog when x
+        reaches 0). ``logy`` turns into symlog when a drawn value is 0 or negative
+        (a gap, a quartile), which a log axis would silently drop.
+        """
         ax = _axes(ax)
         self.lines_, self.bands_ = {}, {}
+        order = np.argsort(self.x, kind="stable")
+        x, drawn = self.x[order], []
         for name in self.curves:
-            mid, low, high = self.summary(name)
-            (line,) = ax.plot(self.x, mid, label=name, **dict(line_kw or {}))
+            mid, low, high = (a[order] for a in self.summary(name))
+            (line,) = ax.plot(x, mid, label=name, **dict(line_kw or {}))
             self.lines_[name] = line
+            drawn.append(mid)
             if band and (self.curves[name].shape[1] > 1 or name in self.errors):
                 self.bands_[name] = ax.fill_between(
-                    self.x, low, high, alpha=0.25, color=line.get_color(), lw=0
+                    x, low, high, alpha=0.25, color=line.get_color(), lw=0
                 )
+                drawn += [low, high]
         self.best_line_ = None
         i = self._best_index()
         if i is not None:
@@ -181,19 +211,24 @@ class CurveDisplay:
                                          label=f"best {self.best} at {best:g}")
             ax.plot([best], [value], "o", color="k", ms=5)
         for i, (label, where) in enumerate(self.markers.items()):
-            for j, xv in enumerate(np.atleast_1d(where)):
+            # a marker with no position (the best epoch when every run diverged) is left out
+            spots = [float(v) for v in np.atleast_1d(np.asarray(where, dtype=object))
+                     if v is not None and np.isfinite(float(v))]
+            for j, xv in enumerate(spots):
                 ax.axvline(xv, color=f"C{i + 3}", ls=":", lw=1, label=label if j == 0 else None)
-        if logx if logx is not None else _wide(self.x):
+        scale = _x_scale(self.x, logx)
+        if scale == "symlog":
+            _set_log(ax, "x", self.x)
+        elif scale == "log":
             ax.set_xscale("log")
             # labelled minor ticks (2x10^1, 3x10^1, ...) collide: label 1-2-5 steps
             # on short ranges (n_train, widths), decades on long ones (lambda)
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            x = self.x[self.x > 0]
-            if x.size and np.log10(x.max() / x.min()) <= 3:
+            if np.log10(np.nanmax(self.x) / np.nanmin(self.x)) <= 3:
                 ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
                 ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         if logy:
-            ax.set_yscale("log")
+            _set_log(ax, "y", np.concatenate(drawn) if drawn else np.zeros(0))
         if self.note:
             ax.text(0.01, 0.01, self.note, transform=ax.transAxes, fontsize="small",
                     color="C3", va="bottom")
@@ -306,7 +341,8 @@ class ComparisonDisplay:
 
 
 class HistogramDisplay:
-    """Distributions of integer-valued samples (e.g. stop epochs across seeds)."""
+    """Distributions of samples (e.g. stop epochs across seeds), on shared bins that
+    hold the same number of whole values each when every sample is a whole number."""
 
     def __init__(self, samples: Mapping[str, Any], *, xlabel: str = "", title: str | None = None):
         self.samples = {k: np.ravel(np.asarray(v, float)) for k, v in samples.items()}
@@ -316,7 +352,15 @@ class HistogramDisplay:
         """Overlaid histograms on shared bins; returns self with ``patches_``."""
         ax = _axes(ax)
         every = np.concatenate(list(self.samples.values()))
-        edges = np.histogram_bin_edges(every[np.isfinite(every)], bins=bins)
+        every = every[np.isfinite(every)]
+        if every.size and np.all(every == np.round(every)):
+            # equal-width bins off the integers would hold 1 and 2 values in turn: a
+            # flat distribution drawn as a comb
+            lo, hi = every.min(), every.max()
+            step = max(1, int(np.ceil((hi - lo + 1) / bins)))
+            edges = lo - 0.5 + step * np.arange(int(np.ceil((hi - lo + 1) / step)) + 1)
+        else:
+            edges = np.histogram_bin_edges(every, bins=bins)
         self.patches_ = {k: ax.hist(v, bins=edges, alpha=0.6, label=k)[2]
                          for k, v in self.samples.items()}
         return _finish(self, ax, xlabel=self.xlabel, ylabel="count", title=self.title)

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from overfit.display import ComparisonDisplay, CurveDisplay
+from overfit.display import ComparisonDisplay, CurveDisplay, HistogramDisplay
 from overfit.train import FitResult, History
 
 NAN = np.nan
@@ -30,6 +30,14 @@ def test_mean_and_std_leave_out_nan_repeats():
     mid, low, high = d.summary("a")
     np.testing.assert_allclose(low, [1.0, 5.0, NAN])
     np.testing.assert_allclose(high, [3.0, 5.0, NAN])
+
+
+def test_inf_is_left_out_like_nan_in_both_centres():
+    """[1, inf] had mean inf and median NaN; [inf, inf] a NaN mean: now both modes agree."""
+    rows = [[1.0, np.inf], [np.inf, -np.inf], [2.0, 4.0]]
+    for center in ("mean", "median"):
+        mid = CurveDisplay([1, 2, 3], {"a": rows}, center=center).summary("a")[0]
+        np.testing.assert_allclose(mid, [1.0, NAN, 3.0])
 
 
 def test_median_band_is_the_interquartile_range():
@@ -62,6 +70,57 @@ def test_best_marker_sits_on_the_curve_whatever_the_order_of_x():
     # max mode picks the other end
     assert CurveDisplay([3, 1, 2], {"acc": [0.5, 0.9, 0.1]}, best="acc",
                         best_mode="max").best_x() == 1.0
+
+
+def test_lines_and_bands_are_drawn_in_increasing_x():
+    """Drawn in the given order, [3, 1, 2] zigzagged through values that do not exist."""
+    d = CurveDisplay([3, 1, 2], {"v": [[0.5, 0.6], [0.9, 1.0], [0.1, 0.2]]}).plot()
+    np.testing.assert_array_equal(d.lines_["v"].get_xdata(), [1, 2, 3])
+    np.testing.assert_allclose(d.lines_["v"].get_ydata(), [0.95, 0.15, 0.55])
+    band = d.bands_["v"].get_paths()[0].vertices[:, 0]
+    assert np.all(np.diff(band[1:4]) > 0)  # the lower edge runs left to right
+
+
+@pytest.mark.parametrize("x, scale", [
+    ([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "linear"),          # even steps, ratio 10
+    ([0.1 * i for i in range(1, 11)], "linear"),          # even in float rounding: was log
+    ([1, 10, 100, 1000], "log"),                          # a geometric grid
+    ([0, 1e-4, 1e-3, 1e-2, 0.1, 1], "symlog"),            # lambda = 0 included: was linear
+    ([5, 10, 20, 50, 100, 200], "log"),                   # n_train sizes
+])
+def test_the_x_scale_follows_scikit_learns_gap_ratio_rule(x, scale):
+    d = CurveDisplay(x, {"v": np.linspace(1, 2, len(x))}).plot()
+    assert d.ax_.get_xscale() == scale
+
+
+def test_a_log_y_axis_keeps_zero_and_negative_values():
+    """A generalisation gap's quartile below 0 ran off a log axis without a word."""
+    gap = [[0.3, 0.2, 0.25], [0.1, 0.05, 0.09], [0.02, -0.0125, 0.01], [0.0, 0.0, 0.0]]
+    d = CurveDisplay([5, 10, 20, 40], {"gap": gap}, center="median").plot(logy=True)
+    assert d.ax_.get_yscale() == "symlog"
+    # linear below the smallest nonzero |value| drawn: the lower quartile at x=20, -0.00125
+    assert d.ax_.yaxis.get_transform().linthresh == pytest.approx(0.00125)
+    positive = CurveDisplay([1, 2], {"v": [0.5, 0.1]}).plot(logy=True)
+    assert positive.ax_.get_yscale() == "log"
+
+
+def test_a_marker_without_a_position_is_left_out():
+    """The best epoch of a run where every member diverged is None: it crashed the plot."""
+    d = CurveDisplay([1, 2], {"a": [NAN, NAN]}, markers={"m": None, "k": [1.5, NAN]}).plot()
+    dotted = [line for line in d.ax_.lines if line.get_linestyle() == ":"]
+    assert [tuple(line.get_xdata()) for line in dotted] == [(1.5, 1.5)]
+
+
+def test_integer_samples_get_bins_of_equally_many_integers():
+    """Twenty equal-width bins over 1..30 held 2 and 1 integers in turn: a flat
+    distribution drew as a comb."""
+    d = HistogramDisplay({"epoch": np.repeat(np.arange(1, 31), 10)}).plot(bins=20)
+    heights = [p.get_height() for p in d.patches_["epoch"]]
+    assert heights == [20] * 15  # step 2: every bin holds two epochs, ten times each
+    edges = [p.get_x() for p in d.patches_["epoch"]]
+    np.testing.assert_allclose(edges, 0.5 + 2 * np.arange(15))
+    few = HistogramDisplay({"e": [3, 3, 4, 7]}).plot()
+    assert [p.get_height() for p in few.patches_["e"]] == [2, 1, 0, 0, 1]
 
 
 def test_curves_of_the_wrong_shape_are_refused_not_scrambled():
