@@ -139,14 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"no scenario files in {args.scenarios}/")
             folders, failed = _run(files, args.out, args.overrides, args.force)
             print(f"gallery: {write_index(args.out, folders)}")
-        elif args.command == "list":
-            for path in sorted(args.scenarios.glob("*.toml")):
-                sc = _load(path)
-                print(f"{path}  [{sc.kind}]  {sc.title}")
-        elif args.command == "validate":
-            for path in args.files:
-                _load(path)
-                print(f"{path}: ok")
+        elif args.command in ("list", "validate"):
+            paths = sorted(args.scenarios.glob("*.toml")) if args.command == "list" else args.files
+            failed = _check_files(paths, args.command == "list")
         else:
             print("| key | type | default | allowed / meaning |\n|---|---|---|---|")
             for row in describe(scenarios.Scenario):
@@ -162,8 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"overfit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        resume = (": finished scenarios and sweep chunks are kept, and the same command "
-                  "resumes from them") if args.command in ("run", "gallery") else ""
+        resume = ""
+        if args.command in ("run", "gallery"):  # --force recomputes finished scenarios
+            kept = "sweep chunks" if args.force else "finished scenarios and sweep chunks"
+            resume = f": stored {kept} are kept, and the same command resumes from them"
         print(f"overfit: interrupted{resume}.", file=sys.stderr)
         return 130
     if failed:
@@ -171,6 +168,21 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     return 0
+
+
+def _check_files(paths: Sequence[Path], describe_each: bool) -> list[str]:
+    """Load every file, printing its line (kind and title, or "ok") or its error; the
+    files that failed. One bad file no longer hides the errors of the files after it."""
+    failed = []
+    for path in paths:
+        try:
+            sc = _load(path)
+        except (ValueError, OSError) as e:
+            print(f"overfit: error: {e}", file=sys.stderr)
+            failed.append(str(path))
+            continue
+        print(f"{path}  [{sc.kind}]  {sc.title}" if describe_each else f"{path}: ok")
+    return failed
 
 
 if __name__ == "__main__":

@@ -13,16 +13,24 @@ class CompileClock:
     Counting starts at construction and ends at :meth:`stop` (or the end of a
     ``with`` block); read differences of ``seconds`` / ``compiles`` to time
     one call, e.g. to see that a repeated call did not compile again.
+    ``compiles`` counts every program built for a call jit had not cached in
+    memory, including those loaded from the persistent compilation cache;
+    ``cache_hits`` counts the loads among them (``seconds`` includes loading).
     """
 
     def __init__(self) -> None:
-        self.seconds, self.compiles, self._on = 0.0, 0, True
+        self.seconds, self.compiles, self.cache_hits, self._on = 0.0, 0, 0, True
         jax.monitoring.register_event_duration_secs_listener(self)
+        jax.monitoring.register_event_listener(self._event)
 
     def __call__(self, event: str, duration: float, **_: Any) -> None:
         if self._on and event.startswith("/jax/core/compile/"):
             self.seconds += duration
             self.compiles += event.endswith("backend_compile_duration")
+
+    def _event(self, event: str, **_: Any) -> None:
+        if self._on and event == "/jax/compilation_cache/cache_hits":
+            self.cache_hits += 1
 
     def stop(self) -> None:
         self._on = False  # jax has no public way to unregister a listener

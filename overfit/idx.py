@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def _read_bytes(path: Path) -> bytes:
     if raw[:2] == b"\x1f\x8b":  # the gzip magic, whatever the file is called
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:  # zlib.error: a corrupted body
             raise ValueError(f"{path}: a gzip file that cannot be decompressed ({e}).") from None
     return raw
 

@@ -65,6 +65,16 @@ def test_read_idx_malformed(tmp_path, raw, message):
         read_idx(tmp_path / "bad")
 
 
+def test_read_idx_corrupted_gzip_body_is_a_value_error(tmp_path):
+    """zlib's own error escaped (not a ValueError, the file unnamed): the CLI printed a
+    traceback as if the code were broken."""
+    body = bytearray(gzip.compress(_idx(np.arange(100), 0x08, "u1"), mtime=0))
+    body[10] ^= 1  # the first deflate block header: "invalid stored block lengths"
+    (tmp_path / "bad.gz").write_bytes(bytes(body))
+    with pytest.raises(ValueError, match=r"bad.gz: a gzip file that cannot be decompressed"):
+        read_idx(tmp_path / "bad.gz")
+
+
 def test_read_idx_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_idx(tmp_path / "nope")

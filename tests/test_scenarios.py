@@ -251,6 +251,36 @@ def test_cli_gallery_writes_index_and_reports_errors(tmp_path, capsys):
     assert "appear more than once" in capsys.readouterr().err
 
 
+def test_cli_validate_and_list_report_every_bad_file(tmp_path, capsys):
+    """The first bad file used to stop the loop: the errors after it went unseen and the
+    good files after it were never reported ok."""
+    good = tmp_path / "a.toml"
+    good.write_text(SCENARIOS[0].read_text())
+    (tmp_path / "b.toml").write_text('name = "b"\nkind = "nope"\n')
+    (tmp_path / "c.toml").write_text('name = "c"\nkind = "capacity_curve"\n[data]\nnoise = -1\n')
+    files = [str(tmp_path / n) for n in ("b.toml", "c.toml", "a.toml")]
+    assert cli.main(["validate", *files]) == 2
+    out, err = capsys.readouterr()
+    assert "kind='nope'" in err and "data.noise" in err
+    assert out.strip() == f"{good}: ok"
+    assert "2 scenario(s) failed" in err
+    assert cli.main(["list", "--scenarios", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{good}  [") and "kind='nope'" in err and "data.noise" in err
+
+
+def test_the_interrupt_message_says_what_a_rerun_reuses(monkeypatch, capsys):
+    """With --force, finished scenarios are recomputed: only the sweep chunks are reused."""
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run", interrupted)
+    for flags, kept in (([], "stored finished scenarios and sweep chunks are kept"),
+                        (["--force"], "stored sweep chunks are kept")):
+        assert cli.main(["run", str(SCENARIOS[0]), *flags]) == 130
+        assert f"overfit: interrupted: {kept}, and the same command" in capsys.readouterr().err
+
+
 def test_interrupted_run_leaves_old_results_untouched(tmp_path, monkeypatch):
     sc = scenario.load(SCENARIOS[0], SHRINK)
     folder = scenario.run(sc, tmp_path)

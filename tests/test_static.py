@@ -2,6 +2,7 @@
 
 import collections
 import dataclasses
+import functools
 import types
 
 import jax
@@ -154,3 +155,26 @@ def test_map_members_reuses_the_program_of_an_equal_closure():
     np.testing.assert_array_equal(again, first)
     np.testing.assert_array_equal(first, 3.0 * np.arange(4.0) + 1.0)
     np.testing.assert_array_equal(other, 5.0 * np.arange(4.0) + 1.0)
+
+
+def test_the_clock_tells_programs_loaded_from_the_persistent_cache(request):
+    """A load from the on-disk cache is timed by JAX as a backend compile: the clock
+    counts it as a program built, and as a cache hit."""
+    if not jax.config.jax_compilation_cache_dir:
+        pytest.skip("no persistent compilation cache configured")
+    for name, value in (("jax_persistent_cache_min_compile_time_secs", 0.0),
+                        ("jax_persistent_cache_min_entry_size_bytes", 0)):
+        request.addfinalizer(functools.partial(jax.config.update, name,
+                                               getattr(jax.config, name)))
+        jax.config.update(name, value)  # a tiny program is cached too
+
+    def program(x):  # a constant of its own: no other test compiles this program
+        return jnp.sin(x) * 0.123456789
+
+    x = jnp.arange(3.0)
+    with CompileClock() as first:
+        jax.jit(program)(x).block_until_ready()
+    jax.clear_caches()  # in-memory caches only: the next call reads the disk
+    with CompileClock() as again:
+        jax.jit(program)(x).block_until_ready()
+    assert (first.compiles, again.compiles, again.cache_hits) == (1, 1, 1)
