@@ -69,15 +69,20 @@ def _x_scale(x: np.ndarray, log: bool | None) -> str:
 
 
 def _set_log(ax: plt.Axes, axis: str, values: np.ndarray) -> None:
-    """A log scale on ``axis``; symlog, linear below the smallest nonzero |value|, when
-    some values are 0 or negative (a log scale would drop them without a word)."""
+    """A log scale on ``axis``, or symlog when some values are 0 or negative (a log
+    scale would drop them without a word). Its linear part reaches the most negative
+    value (a quartile of a gap dipping below 0 is noise around 0, not decades of
+    it), or the smallest positive value when none is negative."""
     finite = values[np.isfinite(values)]
     setter = ax.set_xscale if axis == "x" else ax.set_yscale
-    if finite.size and finite.min() <= 0:
-        nonzero = np.abs(finite[finite != 0])
-        setter("symlog", linthresh=float(nonzero.min()) if nonzero.size else 1.0)
-    else:
+    if not finite.size or finite.min() > 0:
         setter("log")
+        return
+    positive = finite[finite > 0]
+    reach = -finite.min() if finite.min() < 0 else (positive.min() if positive.size else 1.0)
+    setter("symlog", linthresh=float(reach))
+    if finite.min() < 0:  # autoscaling pads symlog by whole decades of nothing
+        (ax.set_xlim if axis == "x" else ax.set_ylim)(-1.5 * reach, None)
 
 
 class CurveDisplay:

@@ -98,8 +98,10 @@ def test_a_log_y_axis_keeps_zero_and_negative_values():
     gap = [[0.3, 0.2, 0.25], [0.1, 0.05, 0.09], [0.02, -0.0125, 0.01], [0.0, 0.0, 0.0]]
     d = CurveDisplay([5, 10, 20, 40], {"gap": gap}, center="median").plot(logy=True)
     assert d.ax_.get_yscale() == "symlog"
-    # linear below the smallest nonzero |value| drawn: the lower quartile at x=20, -0.00125
+    # linear down to the most negative value drawn: the lower quartile at x=20, -0.00125
     assert d.ax_.yaxis.get_transform().linthresh == pytest.approx(0.00125)
+    zero = CurveDisplay([1, 2, 3], {"v": [0.0, 0.02, 0.5]}).plot(logy=True)
+    assert zero.ax_.yaxis.get_transform().linthresh == pytest.approx(0.02)  # smallest > 0
     positive = CurveDisplay([1, 2], {"v": [0.5, 0.1]}).plot(logy=True)
     assert positive.ax_.get_yscale() == "log"
 
