@@ -8,7 +8,8 @@ the host and resampled with :func:`resample`.
 Shapes: inputs ``x_*`` are ``(n, d)`` float32; targets ``y_*`` are ``(n,)``
 (float32 for regression, int32 class labels for classification); the truth
 ``f_*`` has the shape of ``y_*``: the noiseless regression function, or the
-labels before any flip.
+class a point was drawn from, before any label noise (for circle and xor, the
+point's own side of the boundary; for real data, the label before the flip).
 """
 
 from __future__ import annotations
