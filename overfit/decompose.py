@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -209,31 +210,39 @@ class CrossEntropy(NamedTuple):
     main: Array  # (n, K) normalised geometric mean pibar
 
 
-def cross_entropy(probs: Array, y: Array, *, atol: float = 1e-4) -> CrossEntropy:
+def cross_entropy(probs: Array, y: Array, *, atol: float = 1e-4,
+                  logits: bool = False) -> CrossEntropy:
     """Cross-entropy decomposition of predicted class probabilities.
 
     Args:
-        probs: ``(n_models, n_points, n_classes)``, each row summing to 1.
+        probs: ``(n_models, n_points, n_classes)``, each row summing to 1; or,
+            with ``logits=True``, unnormalised log-probabilities (a network's
+            outputs; a binary model's one logit ``z`` as the pair ``(0, z)``),
+            exact where float32 probabilities would underflow (1 - sigmoid(z) is
+            0 past z ~ 17, and a probability below 1e-30 is counted as 1e-30).
         y: labels ``(n_points,)`` in [0, n_classes).
-        atol: tolerance on the row sums.
+        atol: tolerance on the row sums of probabilities.
+        logits: whether ``probs`` holds logits.
     """
     _check_models(probs, "probs", "(n_models, n_points, n_classes)")
     _check_points("y", y, probs.shape[1])
     _labels("y", y)
     k = probs.shape[-1]
     if is_concrete(probs):
-        if jnp.any(jnp.abs(jnp.sum(probs, axis=-1) - 1.0) > atol) or jnp.any(probs < 0):
+        if not logits and (jnp.any(jnp.abs(jnp.sum(probs, axis=-1) - 1.0) > atol)
+                           or jnp.any(probs < 0)):
             raise ValueError("probs must be probabilities: non-negative rows summing to 1 "
-                             "(apply softmax to logits first).")
+                             "(or pass logits=True for a network's outputs).")
         if jnp.any(y < 0) or jnp.any(y >= k):
             raise ValueError(f"y holds labels outside [0, {k}).")
-    log_p = jnp.log(jnp.clip(probs, 1e-30))
+    log_p = jax.nn.log_softmax(probs, axis=-1) if logits else jnp.log(jnp.clip(probs, 1e-30))
     log_p_y = jnp.take_along_axis(log_p, jnp.broadcast_to(y[None, :, None], (*probs.shape[:2], 1)),
                                   axis=-1)[..., 0]  # (R, n)
-    log_z = jnp.log(jnp.sum(jnp.exp(jnp.mean(log_p, axis=0)), axis=-1))  # <= 0 by Jensen
+    mean_log_p = jnp.mean(log_p, axis=0)
+    log_z = jax.nn.logsumexp(mean_log_p, axis=-1)  # <= 0 by Jensen
     loss = -jnp.mean(log_p_y, axis=0)
     bias = loss + log_z  # -log pibar_y = -(E log p_y - log Z)
-    main = jnp.exp(jnp.mean(log_p, axis=0) - log_z[:, None])
+    main = jnp.exp(mean_log_p - log_z[:, None])
     return CrossEntropy(_term(loss), _term(bias), _term(-log_z), main)
 
 

@@ -106,6 +106,24 @@ def test_cross_entropy_yang_identity():
     assert abs(same.variance.value) < 1e-6  # identical models: no variance
 
 
+def test_cross_entropy_from_logits_agrees_and_stays_exact_where_probabilities_underflow():
+    logits = 2.0 * _random((30, 100, 4))
+    y = jax.random.randint(jax.random.key(5), (100,), 0, 4)
+    from_probs = decompose.cross_entropy(jax.nn.softmax(logits, axis=-1), y)
+    from_logits = decompose.cross_entropy(logits, y, logits=True)
+    for a, b in zip(from_probs[:3], from_logits[:3]):
+        np.testing.assert_allclose(a.value, b.value, rtol=1e-5)
+    # confident networks: -log p(y) is the logit gap, up to 200 here, where a float32
+    # probability is 0 and was charged -log(1e-30) = 69
+    big = 100.0 * _random((8, 50, 2), seed=1)
+    y = jax.random.randint(jax.random.key(2), (50,), 0, 2)
+    c = decompose.cross_entropy(big, y, logits=True)
+    z = np.asarray(big, np.float64)
+    exact = -np.mean(z[:, np.arange(50), np.asarray(y)] - np.logaddexp(z[..., 0], z[..., 1]))
+    np.testing.assert_allclose(c.loss.value, exact, rtol=1e-5)
+    np.testing.assert_allclose(c.loss.value, c.bias.value + c.variance.value, rtol=1e-5)
+
+
 def test_variance_split_recovers_init_and_sampling_parts():
     """h = a_S + b_(S,init) with Var(a) = 0.3, Var(b) = 0.7: law of total variance."""
     s, m, n = 400, 3, 200
