@@ -146,6 +146,23 @@ def _labels(name: str, arr: Array) -> None:
         raise ValueError(f"{name} holds negative labels; labels lie in [0, n_classes).")
 
 
+def _check_labels(preds: Array, y: Array, n_classes: int | None) -> int:
+    """Check predicted labels ``(R, n)`` against labels ``(n,)``; the number of classes."""
+    _check_models(preds)
+    _check_points("y", y, preds.shape[1])
+    for name, arr in (("preds", preds), ("y", y)):
+        _labels(name, arr)
+    if n_classes is None:
+        if not (is_concrete(preds) and is_concrete(y)):
+            raise ValueError("n_classes is required when preds or y are traced (under jit).")
+        n_classes = int(max(jnp.max(preds), jnp.max(y))) + 1
+    check_int("n_classes", n_classes, lo=1)
+    for name, arr in (("preds", preds), ("y", y)):
+        if is_concrete(arr) and (jnp.any(arr < 0) or jnp.any(arr >= n_classes)):
+            raise ValueError(f"{name} holds labels outside [0, {n_classes}).")
+    return n_classes
+
+
 def _mode(labels: Array, n_classes: int) -> tuple[Array, Array]:
     """Most frequent label per point (ties: the smallest, as mlxtend) and the class frequencies."""
     counts = jnp.sum(labels[..., None] == jnp.arange(n_classes), axis=0)  # (n, K)
@@ -178,18 +195,7 @@ def zero_one(preds: Array, y: Array, *, n_classes: int | None = None) -> ZeroOne
     variance adds to the loss, on a biased one it subtracts
     ``P(pred = y | pred != main)`` of it (two classes: all of it).
     """
-    _check_models(preds)
-    _check_points("y", y, preds.shape[1])
-    for name, arr in (("preds", preds), ("y", y)):
-        _labels(name, arr)
-    if n_classes is None:
-        if not (is_concrete(preds) and is_concrete(y)):
-            raise ValueError("n_classes is required when preds or y are traced (under jit).")
-        n_classes = int(max(jnp.max(preds), jnp.max(y))) + 1
-    check_int("n_classes", n_classes, lo=1)
-    for name, arr in (("preds", preds), ("y", y)):
-        if is_concrete(arr) and (jnp.any(arr < 0) or jnp.any(arr >= n_classes)):
-            raise ValueError(f"{name} holds labels outside [0, {n_classes}).")
+    n_classes = _check_labels(preds, y, n_classes)
     main, freq = _mode(preds, n_classes)
     bias = (main != y).astype(jnp.float32)
     variance = 1.0 - jnp.take_along_axis(freq, main[:, None], axis=1)[:, 0]
@@ -199,6 +205,54 @@ def zero_one(preds: Array, y: Array, *, n_classes: int | None = None) -> ZeroOne
     net = (1.0 - bias) * variance - bias * p_true
     return ZeroOne(_term(loss), _term(bias), _term(variance), _term((1.0 - bias) * variance),
                    _term(bias * variance), _term(net), main)
+
+
+class KohaviWolpert(NamedTuple):
+    """0-1 loss terms after Kohavi & Wolpert (1996); ``loss = noise + bias2 + variance``."""
+
+    loss: Term  # P(pred != observed label), the labels' noise included
+    bias2: Term  # 1/2 sum_c (P(Y = c) - P(pred = c))^2
+    variance: Term  # 1/2 (1 - sum_c P(pred = c)^2)
+    noise: Term  # 1/2 (1 - sum_c P(Y = c)^2)
+
+
+def kohavi_wolpert(preds: Array, y: Array, *, n_classes: int | None = None,
+                   flip: float = 0.0, ddof: int = 0) -> KohaviWolpert:
+    """0-1 loss decomposition of Kohavi & Wolpert (1996), additive with the noise apart.
+
+    Where Domingos' terms (:func:`zero_one`) compare each prediction with the
+    mode, these compare the whole distribution of predicted labels with that of
+    the observed label, class by class, so the label noise is a term of its own.
+
+    Args:
+        preds: predicted labels ``(n_models, n_points)``, integers in [0, n_classes).
+        y: the noiseless labels ``(n_points,)``.
+        n_classes: number of classes K (default: ``max + 1`` over preds and y,
+            which needs concrete arrays: give it under ``jit``).
+        flip: label-noise rate in [0, 1): the observed label is ``y`` with
+            probability ``1 - flip``, else one of the other K - 1 classes at
+            random (:func:`overfit.data.classification`'s ``flip`` for K = 2,
+            :func:`overfit.data.real`'s ``label_noise``). May be traced.
+        ddof: 0 (plug-in class frequencies: the identity holds exactly on the
+            given predictions) or 1 (unbiased over the R models: variance times
+            R/(R-1), bias2 minus plug-in variance/(R-1), Kohavi & Wolpert's
+            correction; the sum is unchanged).
+    """
+    n_classes = _check_labels(preds, y, n_classes)
+    check_range("flip", flip, lo=0.0, hi=1.0, hi_open=True)
+    check_choice("ddof", ddof, (0, 1))
+    if n_classes == 1 and (not is_concrete(flip) or flip != 0):
+        raise ValueError("flip needs another class to move labels to; n_classes is 1.")
+    r = preds.shape[0]
+    freq = _mode(preds, n_classes)[1]  # (n, K) P(pred = c)
+    others = jnp.asarray(flip, jnp.float32) / max(n_classes - 1, 1)
+    truth = jnp.where(jax.nn.one_hot(y, n_classes, dtype=bool), 1.0 - flip, others)  # P(Y = c)
+    noise = 0.5 * (1.0 - jnp.sum(truth**2, axis=-1))
+    spread = 0.5 * (1.0 - jnp.sum(freq**2, axis=-1))
+    variance = spread * (r / (r - 1) if ddof else 1.0)
+    bias2 = 0.5 * jnp.sum((truth - freq) ** 2, axis=-1) - ddof * spread / (r - 1)
+    loss = 1.0 - jnp.sum(truth * freq, axis=-1)
+    return KohaviWolpert(_term(loss), _term(bias2), _term(variance), _term(noise))
 
 
 class CrossEntropy(NamedTuple):

@@ -805,9 +805,11 @@ def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
         labels = jnp.argmax(scores, axis=-1)
         z = decompose.zero_one(labels, f, n_classes=scores.shape[-1])
         ce = decompose.cross_entropy(scores, f, logits=True)
+        kw = decompose.kohavi_wolpert(labels, f, n_classes=scores.shape[-1])
         terms = {"0-1 loss": z.loss, "0-1 bias": z.bias, "0-1 variance": z.variance,
                  "0-1 net variance": z.net_variance, "cross-entropy": ce.loss,
-                 "CE bias": ce.bias, "CE variance": ce.variance}
+                 "CE bias": ce.bias, "CE variance": ce.variance,
+                 "KW bias2": kw.bias2, "KW variance": kw.variance}  # table only
     if n_inits > 1:
         # the last class's probability (a binary model's one logit is a log-odds, no probability)
         flat = (preds if data.task == "regression" else jax.nn.sigmoid(preds) if preds.ndim == 2

@@ -84,6 +84,53 @@ def test_zero_one_domingos_identities():
     assert z.net_variance.value > z.unbiased_variance.value - z.biased_variance.value
 
 
+def test_kohavi_wolpert_terms_by_hand_and_their_identity():
+    # one point, label 0, four models predicting 0, 0, 1, 2: P(pred) = (1/2, 1/4, 1/4)
+    kw = decompose.kohavi_wolpert(jnp.array([[0], [0], [1], [2]]), jnp.array([0]), n_classes=3)
+    np.testing.assert_allclose([kw.loss.value, kw.bias2.value, kw.variance.value,
+                                kw.noise.value], [0.5, 0.1875, 0.3125, 0.0], rtol=1e-6)
+    # random models, five classes, label noise: loss = noise + bias2 + variance, per point
+    preds = jax.random.randint(jax.random.key(3), (40, 200), 0, 5)
+    y = jax.random.randint(jax.random.key(4), (200,), 0, 5)
+    for ddof in (0, 1):
+        kw = decompose.kohavi_wolpert(preds, y, n_classes=5, flip=0.3, ddof=ddof)
+        np.testing.assert_allclose(kw.loss.value, kw.noise.value + kw.bias2.value
+                                   + kw.variance.value, rtol=1e-5)
+    # two classes: the noise of a flip rate q is q (1 - q)
+    two = decompose.kohavi_wolpert(preds % 2, y % 2, n_classes=2, flip=0.2)
+    np.testing.assert_allclose(two.noise.value, 0.2 * 0.8, rtol=1e-6)
+
+
+def test_kohavi_wolpert_loss_is_the_error_rate_on_noisy_labels():
+    """Monte Carlo: observed labels drawn with the flip rule, every model scored on them."""
+    rng = np.random.default_rng(0)
+    k, q, r, n = 4, 0.25, 10, 300
+    preds = rng.integers(0, k, (r, n))
+    y = rng.integers(0, k, n)
+    draws = 4000
+    moved = rng.random((draws, n)) < q
+    observed = np.where(moved, (y + rng.integers(1, k, (draws, n))) % k, y)  # (draws, n)
+    errors = (preds[None] != observed[:, None]).mean(axis=(0, 1))  # per point
+    kw = decompose.kohavi_wolpert(jnp.asarray(preds), jnp.asarray(y), n_classes=k, flip=q)
+    se = np.sqrt(0.25 / (draws * n))  # draws x n independent labels, each error in [0, 1]
+    assert abs(float(kw.loss.value) - errors.mean()) < 4 * se
+
+
+def test_kohavi_wolpert_ddof_1_is_unbiased_over_the_models():
+    """R = 4 models per draw from a known label distribution: averaged over many draws,
+    ddof=1 recovers the true bias2 and variance, the plug-in terms do not."""
+    rng = np.random.default_rng(1)
+    p = np.array([0.6, 0.3, 0.1])  # P(pred = c) at every point; the label is 0
+    true_var, true_bias2 = 0.5 * (1 - np.sum(p**2)), 0.5 * np.sum((np.eye(3)[0] - p) ** 2)
+    preds = rng.choice(3, size=(2000, 4, 50), p=p)
+    y = jnp.zeros(50, int)
+    terms = {ddof: jax.vmap(lambda d, ddof=ddof: jnp.stack([  # (draws, 2): bias2, variance
+        t.value for t in decompose.kohavi_wolpert(d, y, n_classes=3, ddof=ddof)[1:3]]))(
+            jnp.asarray(preds)) for ddof in (0, 1)}
+    np.testing.assert_allclose(terms[1].mean(axis=0), [true_bias2, true_var], rtol=0.01)
+    assert terms[0].mean(axis=0)[1] < 0.8 * true_var  # plug-in: (R-1)/R of it
+
+
 def test_zero_one_mode_breaks_ties_toward_the_smallest_label():
     labels = jnp.array([[0, 2], [1, 1], [1, 2], [0, 1]])  # point 0: 0 and 1 tie; point 1: 1 and 2
     z = decompose.zero_one(labels, jnp.array([1, 2]), n_classes=3)
@@ -189,6 +236,12 @@ def test_nested_squared_terms_are_unbiased_where_pooling_the_models_is_not():
          "y must hold integer class labels"),
         (lambda: jax.jit(decompose.zero_one)(jnp.zeros((3, 5), int), jnp.zeros(5, int)),
          "n_classes is required"),
+        (lambda: decompose.kohavi_wolpert(jnp.zeros((3, 5), int), jnp.zeros(5, int), flip=1.0),
+         r"flip=1.0 is out of range.*\[0, 1\)"),
+        (lambda: decompose.kohavi_wolpert(jnp.zeros((3, 5), int), jnp.zeros(5, int), ddof=2),
+         r"ddof=2"),
+        (lambda: decompose.kohavi_wolpert(jnp.zeros((3, 5), int), jnp.zeros(5, int), flip=0.1),
+         "flip needs another class"),
     ],
 )
 def test_bad_inputs_are_rejected(call, message):

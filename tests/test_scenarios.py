@@ -306,6 +306,8 @@ def test_bias_variance_bootstraps_a_fixed_real_data_set():
     assert [r["width"] for r in rows] == [2, 16]
     for r in rows:  # Domingos' identity holds on the bootstrap ensemble too
         assert abs(r["0-1_loss"] - r["0-1_bias"] - r["0-1_net_variance"]) < 1e-6
+        # Kohavi-Wolpert's terms add up to the same loss (clean labels: no noise term)
+        assert abs(r["0-1_loss"] - r["KW_bias2"] - r["KW_variance"]) < 1e-6
         assert abs(r["cross-entropy"] - r["CE_bias"] - r["CE_variance"]) < 1e-4
 
 
