@@ -334,14 +334,15 @@ class ComparisonDisplay:
         ax = _axes(ax)
         width = 0.8 / max(len(self.values), 1)
         pos = np.arange(len(self.names))
-        self.bars_ = {}
+        self.bars_, drawn = {}, []
         for i, (label, v) in enumerate(self.values.items()):
+            mean, std = np.nanmean(v, axis=1), np.nanstd(v, axis=1)
             self.bars_[label] = ax.bar(pos + (i - (len(self.values) - 1) / 2) * width,
-                                       np.nanmean(v, axis=1), width, yerr=np.nanstd(v, axis=1),
-                                       capsize=3, label=label)
+                                       mean, width, yerr=std, capsize=3, label=label)
+            drawn += [mean - std, mean + std]
         ax.set_xticks(pos, self.names, rotation=20, ha="right")
-        if logy:
-            ax.set_yscale("log")
+        if logy:  # symlog where an error bar reaches 0 or below, as CurveDisplay
+            _set_log(ax, "y", np.concatenate(drawn) if drawn else np.zeros(0))
         return _finish(self, ax, ylabel=self.ylabel, title=self.title)
 
 

@@ -153,6 +153,11 @@ def test_comparison_bars_are_means_with_std_error_bars():
     # the error bar's segments span mean -/+ std: [1, 3] and [2, 2]
     segments = d.bars_["mse"].errorbar.lines[2][0].get_segments()
     np.testing.assert_allclose([s[:, 1] for s in segments], [[1.0, 3.0], [2.0, 2.0]])
+    # on a log axis an error bar reaching below 0 used to vanish: symlog keeps it
+    spread = [[0.1, 0.1, 5.0], [1.0, 1.2, 1.1]]  # mean - std < 0 for the first bar
+    wide = ComparisonDisplay(["a", "b"], {"mse": spread}).plot(logy=True)
+    assert wide.ax_.get_yscale() == "symlog"
+    assert ComparisonDisplay(["a"], {"mse": [[1.0, 1.2]]}).plot(logy=True).ax_.get_yscale() == "log"
 
 
 def test_from_fit_takes_members_as_repeats_and_leaves_out_diverged_ones():
