@@ -20,6 +20,15 @@ def is_concrete(value: Any) -> bool:
     return not any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(value))
 
 
+def check_scalar(field: str, value: Any) -> Any:
+    """Raise ValueError unless `value` is a scalar (a traced one under vmap is too): one
+    value per data set, where an array would broadcast against some axis of the draw."""
+    if np.ndim(value) != 0:
+        raise ValueError(f"{field} must be a scalar; got shape {np.shape(value)} "
+                         "(vmap over values for one data set each).")
+    return value
+
+
 def check_choice(field: str, value: Any, choices: Iterable[Any]) -> Any:
     """Raise ValueError unless `value` is one of `choices`, suggesting the closest."""
     choices = list(choices)

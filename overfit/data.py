@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from overfit._checks import check_choice, check_int, check_range
+from overfit._checks import check_choice, check_int, check_range, check_scalar
 
 
 @jax.tree_util.register_dataclass
@@ -186,7 +186,7 @@ def regression(
     n_train = check_int("n_train", n_train, lo=1)
     n_val = check_int("n_val", n_val, lo=0)
     n_test = check_int("n_test", n_test, lo=0)
-    check_range("noise", noise, lo=0.0)
+    check_range("noise", check_scalar("noise", noise), lo=0.0)
     lo, hi = _check_domain(domain)
     sizes = (n_train, n_val, n_test)
     return _regression(key, noise, target=target, sizes=sizes, x_dist=x_dist, domain=(lo, hi))
@@ -350,8 +350,8 @@ def classification(
     n_train = check_int("n_train", n_train, lo=1)
     n_val = check_int("n_val", n_val, lo=0)
     n_test = check_int("n_test", n_test, lo=0)
-    check_range("noise", noise, lo=0.0)
-    check_range("flip", flip, lo=0.0, hi=1.0, hi_open=True)
+    check_range("noise", check_scalar("noise", noise), lo=0.0)
+    check_range("flip", check_scalar("flip", flip), lo=0.0, hi=1.0, hi_open=True)
     return _classification(key, noise, flip, shape=shape, sizes=(n_train, n_val, n_test))
 
 
@@ -598,7 +598,7 @@ def sphere(key: Array, p: int, r2: float | Array = 1.0) -> Array:
         ``(p,)`` float32.
     """
     p = check_int("p", p, lo=1)
-    check_range("r2", r2, lo=0.0)
+    check_range("r2", check_scalar("r2", r2), lo=0.0)
     z = jax.random.normal(key, (p,), jnp.float32)
     return z * (jnp.sqrt(jnp.asarray(r2, jnp.float32)) / jnp.linalg.norm(z))
 
@@ -652,8 +652,8 @@ def linear(
     n_train = check_int("n_train", n_train, lo=1)
     n_val = check_int("n_val", n_val, lo=0)
     n_test = check_int("n_test", n_test, lo=0)
-    check_range("r2", r2, lo=0.0)
-    check_range("s2", s2, lo=0.0)
+    check_range("r2", check_scalar("r2", r2), lo=0.0)
+    check_range("s2", check_scalar("s2", s2), lo=0.0)
     if coef is not None:
         coef = jnp.asarray(coef, jnp.float32)
         if coef.shape != (p,):

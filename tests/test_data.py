@@ -407,6 +407,12 @@ ERRORS = [
     (lambda: regression(KEY, n_val=-1), r"n_val=-1"),
     (lambda: regression(KEY, domain=(1.0, 0.0)), r"domain=\(1.0, 0.0\).*lo < hi"),
     (lambda: regression(KEY, domain=(0.0, np.inf)), r"domain="),
+    # an array broadcast silently against a split whose length it happened to have
+    (lambda: regression(KEY, n_train=30, n_val=30, noise=jnp.full(30, 0.1)),
+     r"noise must be a scalar; got shape \(30,\)"),
+    (lambda: classification(KEY, flip=jnp.full(200, 0.1)), r"flip must be a scalar"),
+    (lambda: linear(KEY, p=3, n_train=5, s2=jnp.ones(5)), r"s2 must be a scalar"),
+    (lambda: sphere(KEY, 3, r2=jnp.ones(3)), r"r2 must be a scalar"),
     (lambda: classification(KEY, shape="circel"), r"shape='circel'.*Did you mean 'circle'\?"),
     (lambda: classification(KEY, noise=-1.0), r"noise=-1.0"),
     (lambda: classification(KEY, flip=1.0), r"flip=1.0 .*\[0, 1\)"),
