@@ -287,7 +287,7 @@ def cross_entropy(probs: Array, y: Array, *, atol: float = 1e-4,
                            or jnp.any(probs < 0)):
             raise ValueError("probs must be probabilities: non-negative rows summing to 1 "
                              "(or pass logits=True for a network's outputs).")
-        if jnp.any(y < 0) or jnp.any(y >= k):
+        if jnp.any(y >= k):  # negative labels were refused by _labels
             raise ValueError(f"y holds labels outside [0, {k}).")
     log_p = jax.nn.log_softmax(probs, axis=-1) if logits else jnp.log(jnp.clip(probs, 1e-30))
     log_p_y = jnp.take_along_axis(log_p, jnp.broadcast_to(y[None, :, None], (*probs.shape[:2], 1)),

@@ -792,6 +792,7 @@ def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
     """Terms of one grid point from its ``(S * m, n, ...)`` predictions."""
     f = data.f_test[0]
     if data.task == "regression":  # the m inits of one set are alike: not S * m draws
+        flat = preds
         nested = jnp.asarray(preds).reshape(-1, n_inits, preds.shape[-1])
         terms = dict(zip(("expected test error", "bias2", "variance", "noise"),
                          decompose.squared_nested(nested, f=f, noise=noise_var)))
@@ -802,6 +803,8 @@ def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
         scores = jnp.asarray(preds)
         if scores.ndim == 2:
             scores = jnp.stack([jnp.zeros_like(scores), scores], axis=-1)
+        # the split below is of the last class's probability (a logit is no probability)
+        flat = jax.nn.softmax(scores, axis=-1)[..., -1]
         labels = jnp.argmax(scores, axis=-1)
         z = decompose.zero_one(labels, f, n_classes=scores.shape[-1])
         ce = decompose.cross_entropy(scores, f, logits=True)
@@ -811,9 +814,6 @@ def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
                  "CE bias": ce.bias, "CE variance": ce.variance,
                  "KW bias2": kw.bias2, "KW variance": kw.variance}  # table only
     if n_inits > 1:
-        # the last class's probability (a binary model's one logit is a log-odds, no probability)
-        flat = (preds if data.task == "regression" else jax.nn.sigmoid(preds) if preds.ndim == 2
-                else jax.nn.softmax(preds, axis=-1)[..., -1])
         split = decompose.variance_split(jnp.asarray(flat).reshape(-1, n_inits, flat.shape[1]))
         terms |= {"variance from initialisation": split.init,
                   "variance from training sets": split.sampling}
