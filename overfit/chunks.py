@@ -159,7 +159,8 @@ def chunk_size_for(per_member: int, shared_bytes: int, devices: Sequence[Any], *
             per_device = min(per_device, in_cache)
         else:
             n = -(-n_members // len(devices))
-            count = max(-(-n // per_device), round(n / in_cache), 1)
+            # round(48 / 32) = 2 chunks would hold 24: fewer, larger chunks instead
+            count = max(-(-n // per_device), min(round(n / in_cache), n // CPU_MIN_CHUNK), 1)
             per_device = -(-n // count)
     return per_device * len(devices)
 

@@ -260,7 +260,7 @@ def train_grid(scenario: Scenario, model: models.Model, data: datasets.Dataset,
         hparams["input_noise"] = t.input_noise
     with jax.enable_x64(x64):
         return fit(model, data, key=keys, optimizer=optimizer(scenario), epochs=t.epochs,
-                   loss=None if t.loss == "auto" else t.loss, weight=weight,
+                   loss=trained_loss(scenario, model, data), weight=weight,
                    batch_size=t.batch_size or None, hparams=hparams, eval_every=t.eval_every,
                    early_stopping=stopper(scenario) if stop else None,
                    chunk_size=scenario.sweep.chunk_size or None)
@@ -278,12 +278,15 @@ def _split_at(key: jax.Array, index: jax.Array, *, n: int) -> jax.Array:
 
 
 def scores(model: models.Model, params, state, data: datasets.Dataset,
-           weight: jax.Array | None = None) -> dict[str, jax.Array]:
+           weight: jax.Array | None = None, *, loss: str | None = None
+           ) -> dict[str, jax.Array]:
     """Metrics of ONE model on every split: MSE for regression, accuracy for
     classification; and the test outputs against the truth f: ``test_risk``
     (MSE vs f) or ``test_accuracy_clean`` (vs the labels before label noise).
-    ``weight`` ``(n_train,)`` weighs the training points (the rows a padded size uses)."""
-    loss = default_loss(model, data)
+    ``weight`` ``(n_train,)`` weighs the training points (the rows a padded size uses);
+    ``loss``, the one trained (default: the task's), sets a one-output classifier's
+    decision threshold."""
+    loss = default_loss(model, data) if loss is None else loss
     name = metric_name(data.task)
     result = {}
     for split in ("train", "val", "test"):
@@ -361,6 +364,11 @@ def _solve_grid(model, data, hparams, keys, ridge, draw_index=None, weight=None,
                                    draw_index=draw_index))
 
 
+def trained_loss(scenario: Scenario, model: models.Model, data: datasets.Dataset) -> str:
+    """The loss a scenario trains with: ``train.loss``, or the task's default for ``auto``."""
+    return default_loss(model, data) if scenario.train.loss == "auto" else scenario.train.loss
+
+
 def grid_scores(scenario: Scenario, model: models.Model, result, data,
                 draw_index: np.ndarray | None = None, weight: np.ndarray | None = None
                 ) -> dict[str, np.ndarray]:
@@ -373,13 +381,15 @@ def grid_scores(scenario: Scenario, model: models.Model, result, data,
     """
     n = jax.tree.leaves(result.params)[0].shape[0]
     draw_index = draw_indices(data, n, scenario.sweep.seeds, draw_index)
+    loss = trained_loss(scenario, model, data)
     x64 = _is_x64(result)
     with jax.enable_x64(x64):
         data = _in_precision(data, x64)
 
         def one(member, d):
             params, state, w = member
-            return {"n_params": model.n_params(state), **scores(model, params, state, d, w)}
+            return {"n_params": model.n_params(state),
+                    **scores(model, params, state, d, w, loss=loss)}
 
         values = _per_member(data, (result.params, result.state, weight), one,
                              width=_width(model), draw_index=draw_index)

@@ -80,9 +80,11 @@ def mlp_mse_grad(
         ``f(params, state, x, y) -> (grads, out)`` for ONE model, as
         ``jax.grad(..., has_aux=True)`` of ``mean(0.5 * (apply(x) - y)^2)`` returns
         them: ``x`` is ``(n, d)``, ``y`` and ``out`` are ``(n,)``.
-        Shapes outside :func:`fits_on_chip` and anything but float32 take autodiff on
-        every backend, and so do derivatives of the gradient itself (e.g. a
-        hypergradient by ``jax.jvp`` through ``fit``): the kernel has no rule of its own.
+        Shapes outside :func:`fits_on_chip`, parameters or inputs other than float32
+        and targets of another float width take autodiff on every backend (integer
+        and bool targets, labels, are cast to float32 and take the kernel), and so do
+        derivatives of the gradient itself (e.g. a hypergradient by ``jax.jvp`` through
+        ``fit``): the kernel has no rule of its own.
     """
     if not has_kernel(hidden, activation):
         raise ValueError(f"no kernel for hidden={tuple(hidden)}, activation={activation!r}; "

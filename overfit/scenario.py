@@ -231,6 +231,12 @@ def _check_method(scenario: Scenario) -> None:
         raise ValueError(f"train.method='closed_form' is least squares on regression targets; "
                          f"data.source={d.source!r}{name} gives class labels: use "
                          "train.method='gradient'.")
+    if kind == "bias_variance" and scenario.train.loss == "mse" and _task(d) == "classification":
+        # one output regressed on the 0/1 labels is no logit, which the 0-1 and
+        # cross-entropy decompositions read it as
+        raise ValueError("kind='bias_variance' decomposes a classifier's logits; train.loss="
+                         "'mse' on class labels gives none: use train.loss 'auto', 'bce', 'ce' "
+                         "or 'mse_onehot'.")
     if kind == "dropout" and scenario.model.kind != "mlp":
         raise ValueError(f"kind='dropout' needs model.kind='mlp' (dropout acts on hidden "
                          f"units); got model.kind={scenario.model.kind!r}.")

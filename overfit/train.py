@@ -120,6 +120,13 @@ def metric_name(task: str) -> str:
     return "accuracy" if task == "classification" else "mse"
 
 
+def decision_threshold(loss: str | Loss) -> float:
+    """Where a one-output classifier's output turns from class 0 to class 1: 0.5 for
+    ``"mse"`` (square loss on the 0/1 labels, whose midpoint it is), else 0 (a logit,
+    the sigmoid's midpoint; also for a loss given as a function)."""
+    return 0.5 if loss == "mse" else 0.0
+
+
 def _check_task(model: Model, data: Dataset, loss: str | Loss) -> None:
     if not isinstance(loss, str):
         return
@@ -130,6 +137,11 @@ def _check_task(model: Model, data: Dataset, loss: str | Loss) -> None:
     if loss == "bce" and (model.n_out != 1 or data.n_classes != 2):
         raise ValueError(f"loss='bce' needs a one-output model and 2 classes; got n_out="
                          f"{model.n_out}, n_classes={data.n_classes}: use loss='ce'.")
+    if loss == "mse" and data.task == "classification" and (
+            model.n_out != 1 or data.n_classes != 2):
+        raise ValueError(f"loss='mse' on class labels regresses the 0/1 label with one output; "
+                         f"got n_out={model.n_out}, n_classes={data.n_classes}: use "
+                         "loss='mse_onehot' (n_out == n_classes).")
     if loss in ("ce", "mse_onehot") and model.n_out != data.n_classes:
         raise ValueError(f"loss={loss!r} needs n_out == n_classes; got n_out={model.n_out}, "
                          f"n_classes={data.n_classes}.")
@@ -167,13 +179,14 @@ def score_outputs(out: Array, y: Array, loss: str | Loss, task: str,
     """``(loss, metric)`` of model outputs ``out`` against ``y``; NaN on an empty split.
 
     ``weight`` (``(n,)``, >= 0) makes both weighted means: a 0/1 mask scores
-    the points it keeps.
+    the points it keeps. A one-output classifier predicts class 1 where its
+    output exceeds :func:`decision_threshold`; several outputs, their argmax.
     """
     if not y.shape[0]:
         return jnp.asarray(jnp.nan), jnp.asarray(jnp.nan)
     value = _mean(_per_example(loss)(out, y), weight)
     if task == "classification":
-        pred = out > 0 if out.ndim == 1 else jnp.argmax(out, axis=-1)
+        pred = out > decision_threshold(loss) if out.ndim == 1 else jnp.argmax(out, axis=-1)
         return value, _mean(pred == y, weight)
     return value, _mean((out - y) ** 2, weight)
 

@@ -258,6 +258,9 @@ def test_cpu_chunks_target_the_cache_but_hold_at_least_the_minimum(monkeypatch):
     per = (64 << 20) // 19
     assert chunks.chunk_size_for(per, 0, cpu) == small
     assert chunks.chunk_size_for(per, 0, cpu, n_members=64) == -(-64 // round(64 / small))
+    # 48 and 112 members: round(n / 32) chunks would hold 24 and 28, below the floor
+    assert chunks.chunk_size_for(per, 0, cpu, n_members=48) == 48
+    assert chunks.chunk_size_for(per, 0, cpu, n_members=112) == 38
     # a footprint the cache fits 40 of: 100 members, round(100 / 40) = 2 chunks of 50
     assert chunks.chunk_size_for((64 << 20) // 40, 0, cpu, n_members=100) == 50
     # memory bounds the chunk below the floor: 10 members fit

@@ -113,7 +113,7 @@ def test_any_dead_units_in_any_layer_get_autodiffs_gradient(kernel_mlp, activati
         params[0]["b"] = jnp.where(masks[0], params[0]["b"], jnp.inf)
     x = jax.random.normal(jax.random.key(1), (24, 2))
     y = jnp.cos(x[:, 0])
-    grad = mlp_mse_grad(apply, lambda m: m, hidden, activation, interpret=True)
+    grad = mlp_mse_grad(apply, lambda m: m, hidden, activation, interpret=not ON_GPU)
     with jax.default_matmul_precision("highest"):
         got, out = grad(params, masks, x, y)
         want, want_out = jax.grad(lambda p: (jnp.mean(0.5 * (apply(p, masks, x) - y) ** 2),
@@ -123,6 +123,26 @@ def test_any_dead_units_in_any_layer_get_autodiffs_gradient(kernel_mlp, activati
     assert relative(got, want) < 1e-5 and relative(out, want_out) < 1e-5
     for i, live in enumerate(masks):
         assert jnp.all(got[i]["w"][:, ~live] == 0) and jnp.all(got[i]["b"][~live] == 0)
+
+
+def test_float32_numbers_and_integer_targets_take_the_kernel_other_floats_autodiff(kernel_mlp):
+    # a float64 or float16 target would change the residual's precision; labels are cast
+    build, traced = kernel_mlp
+    model = build(1, (16,), activation="tanh")
+    params, state = model.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (8, 1))
+    y = jnp.sin(x[:, 0])
+    for target, kernel in [(y, True), (jnp.arange(8) % 2, True), (y > 0, True),
+                           (y.astype(jnp.float16), False)]:
+        before = len(traced)
+        got, _ = model.mse_grad(params, state, x, target)
+        assert (len(traced) > before) == kernel, target.dtype
+        want, _ = autodiff(model, params, state, x, target)
+        assert relative(got, want) < 1e-3  # float16's residual
+    with jax.enable_x64(True):
+        before = len(traced)
+        model.mse_grad(params, state, x, y.astype(jnp.float64))
+        assert len(traced) == before
 
 
 @pytest.mark.parametrize("per_member_data", [False, True])

@@ -125,6 +125,9 @@ def _raw(sc):
          r"data.source='real', name='digits' gives class labels"),
         (["kind='training_curves'", "train.method='closed_form'"],
          r"kind='training_curves' follows training epoch by epoch; train.method='closed_form'"),
+        # a score regressed on the 0/1 labels read as a logit: decompositions of nothing
+        ("train.loss='mse'", r"kind='bias_variance' decomposes a classifier's logits; "
+         r"train.loss='mse' on class labels gives none"),
         (["kind='dropout'", "model.kind='polynomial'"],
          r"kind='dropout' needs model.kind='mlp' .*got model.kind='polynomial'"),
     ],

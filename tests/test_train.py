@@ -357,6 +357,9 @@ def test_wrong_loss_for_the_task(reg_data, cls_data):
         fit(linear(2, n_out=3), cls_data, key=key, loss="bce")
     with pytest.raises(ValueError, match="n_out == n_classes"):
         fit(linear(2, n_out=3), cls_data, key=key, loss="ce")
+    # (n, 2) outputs minus (n,) labels would broadcast when n == 2
+    with pytest.raises(ValueError, match="loss='mse' on class labels.*n_out=2, n_classes=2"):
+        fit(linear(2, n_out=2), cls_data, key=key, loss="mse")
     with pytest.raises(ValueError, match="loss='mae'.*Did you mean 'mse'"):
         fit(linear(1), reg_data, key=key, loss="mae")
 
@@ -523,3 +526,27 @@ def test_full_batch_evaluation_reuses_the_step_forward_pass(monkeypatch):
     _assert_tree_close(shared.history, plain.history, rtol=1e-5, atol=1e-7)
     _assert_tree_close(shared.params, plain.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(shared.test_loss, plain.test_loss, rtol=1e-5)
+
+
+def test_square_loss_on_class_labels_predicts_class_one_past_the_labels_midpoint():
+    """Regressed on the 0/1 labels, an output of 0.3 is nearer class 0: a one-output
+    model trained with loss='mse' is scored at 0.5, not at a logit's 0."""
+    from overfit.data import classification
+    from overfit.experiments import scores
+
+    data = classification(jax.random.key(0), shape="xor", n_train=40, n_val=20, n_test=20)
+    model = mlp(2, (32, 32), activation="relu")
+    res = fit(model, data, key=jax.random.key(1), loss="mse", epochs=300, eval_every=300,
+              early_stopping=NEVER)
+    out = np.asarray(model.apply(res.params, res.state, data.x_train))
+    y = np.asarray(data.y_train)
+    want = np.mean((out > 0.5) == y)
+    assert want == 1.0 and np.mean((out > 0) == y) < 0.9  # the two thresholds differ here
+    np.testing.assert_allclose(res.history.train_metric[-1], want)
+    _, metric = evaluate(model, res.params, res.state, data.x_train, data.y_train,
+                         loss="mse", task="classification")
+    np.testing.assert_allclose(metric, want)
+    got = scores(model, res.params, res.state, data, loss="mse")
+    np.testing.assert_allclose(got["train_accuracy"], want)
+    val = np.asarray(model.apply(res.params, res.state, data.x_val))
+    np.testing.assert_allclose(got["val_accuracy"], np.mean((val > 0.5) == np.asarray(data.y_val)))
