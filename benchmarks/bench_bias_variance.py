@@ -9,7 +9,7 @@ noisy targets, ``ddof=0``).
 
 1. overfit: ONE jitted function (float64) for all 15 x 200 = 3000 members:
    bootstrap indices vmapped over keys, ``fit_linear`` of the masked
-   ``polynomial(15)`` (one batched SVD; the degree is a per-member state), the
+   ``polynomial(15)`` (one batched QR; the degree is a per-member state), the
    test predictions ``(15, 200, n_test)``, then ``decompose.squared`` per degree;
    compiled with ``overfit.sweep.fast_compile_options()`` (LLVM optimisation off, XLA's
    older CPU emitters).
@@ -91,7 +91,7 @@ def run_overfit(repeat: int, seed: int, replicates: int = 0) -> dict:
                 params = fit_linear(model, state, x[idx, None], y[idx])
                 return model.apply(params, state, x_test[:, None])
 
-            preds = jax.vmap(member)(keys, degrees)  # one batched SVD over 3000 members
+            preds = jax.vmap(member)(keys, degrees)  # one batched QR over 3000 members
             preds = preds.reshape(MAX_DEGREE, ROUNDS, -1)
             terms = jax.vmap(lambda p: decompose.squared(p, y=y_test))(preds)
             return terms.loss.value, terms.bias2.value, terms.variance.value

@@ -9,7 +9,8 @@ Installs nothing. Run from the repository root (the repo on PYTHONPATH)::
 It prints the device, then
 
 1. ``pytest`` on the tests that exercise the compiled paths (training loop, chunks,
-   sharding, solvers, bias-variance), on whatever device JAX picked;
+   sharding, solvers, bias-variance, early stopping, the fused kernel and the hand-fused
+   reference: ``TESTS``), on whatever device JAX picked;
 2. the issue's target: 8192 MLPs 1-64-64-1 (tanh), 64 points, 2000 full-batch Adam
    steps in ONE ``fit`` call, once compiled, with ``eval_every`` = 2000, 100 and 1,
    each with the gradient by overfit's fused kernel (``overfit/kernels.py``, the
