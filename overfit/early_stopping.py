@@ -12,8 +12,10 @@ spirit of optax transforms:
 
 Epochs are counted from 0. ``best_epoch`` is the epoch whose parameters are
 restored (-1 while no monitored epoch has improved; if none ever does, as when
-``start_from_epoch`` lies beyond the run, nothing is restored, as in Keras);
-``stop_epoch`` the last epoch trained (or -1 while running).
+``start_from_epoch`` lies beyond the run, nothing is restored, as in Keras, and
+when every monitored value is NaN the stop epoch's parameters are returned, where
+Keras would restore the first monitored epoch's); ``stop_epoch`` the last epoch
+trained (or -1 while running).
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ def patience(
     Args:
         monitor: one of ``MONITORS``.
         mode: "min", "max", or "auto" (max for accuracies, min otherwise).
-        min_delta: smallest change that counts as an improvement (>= 0).
+        min_delta: an improvement must beat the best value by more than this
+            (>= 0; a change of exactly ``min_delta`` is none, as in Keras).
         patience: stop after this many consecutive epochs without improvement.
         baseline: an improvement also resets the counter only when it beats
             this value; training stops after ``patience`` epochs if it never does.
@@ -116,6 +119,7 @@ def patience(
 
     def update(state: StopState, epoch: Array, value: Array, train_value: Array) -> StopState:
         del train_value
+        epoch = jnp.asarray(epoch, jnp.int32)  # an x64 counter would change a scan's carry
         current = sign * jnp.asarray(value, jnp.float32)
         active = (epoch >= start_from_epoch) & ~state.stopped
         improved = active & (current + min_delta < state.best)
@@ -153,7 +157,10 @@ def prechelt(
       ``alpha`` (an integer s) successive strips.
 
     Strips end at epochs ``k-1, 2k-1, ...`` (Prechelt counts epochs from 1).
-    The restored parameters are those of the epoch reaching ``E_opt``.
+    The restored parameters are those of the epoch reaching ``E_opt``. An
+    "epoch" here is one call of ``update``: inside ``fit`` one evaluation, so with
+    ``eval_every > 1`` a strip is ``k`` evaluations (``k * eval_every`` epochs). A
+    NaN evaluation never becomes ``E_opt``.
     """
     check_choice("rule", rule, ("GL", "PQ", "UP"))
     sign = _mode_sign(monitor, "auto")
@@ -167,10 +174,12 @@ def prechelt(
         check_range("alpha", alpha, lo=0.0)
 
     def update(state: StopState, epoch: Array, value: Array, train_value: Array) -> StopState:
+        epoch = jnp.asarray(epoch, jnp.int32)
         value = jnp.asarray(value, jnp.float32)
         active = ~state.stopped
         improved = active & (value < state.best)
-        e_opt = jnp.minimum(state.best, value)
+        # not minimum(): a NaN evaluation would become E_opt and no later one could stop
+        e_opt = jnp.where(value < state.best, value, state.best)
         gl = 100.0 * (value / e_opt - 1.0)
         window = jnp.concatenate([state.strip[1:], jnp.asarray(train_value, jnp.float32)[None]])
         strip_end = (epoch + 1) % k == 0

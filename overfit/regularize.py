@@ -89,7 +89,9 @@ def l1_prox(
 
     Turns the update ``u`` into ``prox(w + u) - w`` where ``prox`` shrinks every
     weight toward 0 by ``learning_rate * strength`` and clamps crossings to 0,
-    so weights reach exact zeros (TF Playground's L1 does the same).
+    so weights reach exact zeros (TF Playground's L1 does the same). An exact
+    proximal (ISTA) step under plain SGD at this ``learning_rate``; after Adam, a
+    shrinkage of the same size. ``learning_rate`` is a number, not a schedule.
     """
     check_range("l1", strength, lo=0.0)
     threshold = learning_rate * strength
@@ -106,7 +108,8 @@ def weight_decay(
 ) -> optax.GradientTransformation:
     """Decoupled weight decay (AdamW): subtracts ``learning_rate * strength * w``.
 
-    Place AFTER the optimizer, whose scaling it bypasses.
+    Place AFTER the optimizer, whose scaling it bypasses. ``learning_rate`` is a
+    number: unlike ``optax.adamw`` the decay does not follow a schedule.
     """
     check_range("weight_decay", strength, lo=0.0)
     return _stateless(

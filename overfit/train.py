@@ -362,13 +362,13 @@ class _Trainer(NamedTuple):
                               _monitored(stopper.monitor.replace("val_", "train_"), values))
         stop = _select(frozen, member.stop, stop)  # the rule never sees a diverged evaluation
         # A stopped member's rule state no longer changes (the rules guard it), so
-        # nothing can improve on its best: only what is returned needs freezing, the
-        # best parameters (restore_best) or else the parameters themselves. The
-        # optimizer state of a stopped member is never used again and is not masked.
-        if stopper.restore_best:
-            best = _select(stop.best_epoch == check, params, member.best_params)
-        else:
-            best, params = None, _select(done, member.params, params)
+        # nothing can improve on its best; its parameters are frozen too: a rule that
+        # stopped before any monitored value improved (all NaN) has no best to restore,
+        # and the stop epoch's parameters are returned, not what later steps of a batch
+        # made of them. The optimizer state of a stopped member is never used again.
+        params = _select(done, member.params, params)
+        best = (_select(stop.best_epoch == check, params, member.best_params)
+                if stopper.restore_best else None)
         return _Member(params, opt_state, best, stop, diverged, diverged_loss, grads), tuple(
             jnp.where(done | frozen, jnp.nan, v) for v in values)
 
@@ -552,6 +552,10 @@ def fit(
         if not stopper.monitor.endswith(metric):
             raise ValueError(f"early_stopping monitor={stopper.monitor!r} does not fit "
                              f"{data.task} data, whose metric is {metric!r}.")
+    if stopper is not never() and stopper.monitor.startswith("val_") and not data.x_val.shape[-2]:
+        # every check would be NaN: a patience rule stops at once, Prechelt's never
+        raise ValueError(f"early_stopping monitor={stopper.monitor!r} needs validation points; "
+                         "the data set has none (n_val=0): draw some or monitor 'train_loss'.")
     if _is_key_batch(key):
         axes = (0 if data.x_train.ndim == 3 else None,
                 tuple((k, 0 if jnp.ndim(v) >= 1 else None) for k, v in sorted(hparams.items())))

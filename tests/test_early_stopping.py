@@ -194,6 +194,24 @@ def test_prechelt_stop_epochs(rule, alpha, expected):
     assert int(state.best_epoch) == 5  # E_opt = 0.60 from epoch 5 on
 
 
+def test_a_nan_evaluation_never_becomes_prechelts_optimum():
+    # min(E_opt, NaN) is NaN: GL would be NaN from then on and the rule never stop
+    curve = [1.0, 0.75, math.nan, 0.5, 0.375, 0.25, 0.3125, 0.5, 1.0]
+    state = _run_scan(prechelt("GL", 5.0), curve)
+    assert (int(state.best_epoch), int(state.stop_epoch)) == (5, 6)  # GL(6) = 25 > 5
+    assert float(state.best) == 0.25
+
+
+@pytest.mark.parametrize("rule", [patience(patience=2), prechelt("UP", 1, strip=2)])
+def test_rules_keep_their_state_types_under_a_64_bit_epoch_counter(rule):
+    # jnp.arange is int64 under x64: where(improved, epoch, best_epoch) would widen the
+    # scan's carry, which lax.scan refuses
+    with jax.enable_x64(True):
+        state = _run_scan(rule, [1.0, 0.5, 0.75, 0.875, 1.0, 1.5])
+    assert state.best_epoch.dtype == state.stop_epoch.dtype == jnp.int32
+    assert int(state.best_epoch) == 1 and int(state.stop_epoch) > 1
+
+
 def test_prechelt_gl_is_a_strict_threshold_and_ties_keep_the_first_optimum():
     # exact binary fractions: GL = 25 at epoch 3 (0.625 / 0.5), 50 at epoch 4
     e_va = [1.0, 0.5, 0.5, 0.625, 0.75]
@@ -360,6 +378,35 @@ def test_a_rule_that_monitored_nothing_restores_nothing(stopped_runs):
     assert np.all(np.abs(val[:, -1] - val[:, 0]) > 0.05 * val[:, 0])  # the check-0 ones differ
     val_loss, _, _ = _evaluate_members(batch, _stack(*datas))
     np.testing.assert_allclose(val_loss, val[:, -1], rtol=1e-5)
+
+
+def test_a_member_stopped_before_any_improvement_keeps_its_stop_epochs_parameters(stopped_runs):
+    """All-NaN validation targets: the rule stops the member with no best to restore.
+    In a batch the others train on; its returned parameters are still those it had
+    when it stopped (as when it runs alone), not what the later steps made of them."""
+    import dataclasses
+
+    datas, _, _ = stopped_runs
+    blind = dataclasses.replace(datas[0], y_val=jnp.full_like(datas[0].y_val, jnp.nan))
+    keys = jax.random.split(jax.random.key(1), 2)
+    both = fit(POLY, _stack(blind, datas[1]), key=keys, **ES_KW)
+    alone = fit(POLY, blind, key=keys[0], **ES_KW)
+    assert int(both.best_epoch[0]) == int(alone.stop_epoch) < int(both.stop_epoch[1])
+    np.testing.assert_allclose(both.params["coef"][0], alone.params["coef"], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_validation_monitor_without_validation_points_is_refused():
+    import dataclasses
+
+    d = _noisy_cos(1)
+    empty = dataclasses.replace(d, x_val=d.x_val[:0], y_val=d.y_val[:0], f_val=d.f_val[:0])
+    with pytest.raises(ValueError, match=r"monitor='val_loss' needs validation points.*n_val=0"):
+        fit(POLY, empty, key=jax.random.key(0), **ES_KW)
+    # what a train monitor or no rule needs is there
+    fit(POLY, empty, key=jax.random.key(0), optimizer=OPT, epochs=4,
+        early_stopping=patience(monitor="train_loss"))
+    fit(POLY, empty, key=jax.random.key(0), optimizer=OPT, epochs=4)
 
 
 @pytest.mark.filterwarnings("ignore:scatter inputs have incompatible types:FutureWarning")
