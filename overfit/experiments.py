@@ -1100,8 +1100,9 @@ def _min_norm_grid(scenario: Scenario, values: list, ridges: list, sample_wise: 
 
 
 def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
-    """Capacity sweep of gradient-trained models, all in one call: final train and
-    test error vs parameters / (n_train x outputs), and test error per epoch.
+    """Capacity sweep of gradient-trained models, one call per group of similar
+    capacities (:func:`shape_groups`): final train and test error vs parameters /
+    (n_train x outputs), and test error per epoch.
 
     The threshold marked is where the parameters could fit every training
     target (``n_train x outputs``, Belkin et al. 2019); with label noise the
@@ -1109,17 +1110,30 @@ def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
     """
     caps = _require(scenario, "capacity")
     n_seeds = scenario.sweep.seeds
-    sweep = _sweep(scenario, None, caps)
-    model, result, values, shape = sweep.model, sweep.result, sweep.values, sweep.shape
+    # one call per group of similar widths (as the min-norm curves): masked to the widest
+    # of one call, a 2..512 sweep spent 512 units on every member, 4x the work
+    groups = shape_groups(caps)
+    sweeps = [_sweep(dataclasses.replace(scenario, sweep=dataclasses.replace(
+        scenario.sweep, capacity=group)), None, group) for group in groups]
+    # the members of sorted unique widths, value-major, back in the order asked for
+    at = np.searchsorted([c for group in groups for c in group], caps)
+
+    def joined(parts: list[np.ndarray]) -> np.ndarray:
+        stacked = np.concatenate(parts).reshape(-1, n_seeds, *parts[0].shape[1:])
+        return stacked[at].reshape(-1, *parts[0].shape[1:])
+
+    values = {k: joined([s.values[k] for s in sweeps]) for k in sweeps[0].values}
+    history = joined([_val_history(s.result, s.values) for s in sweeps])
+    model, data, result = sweeps[0].model, sweeps[0].data, sweeps[0].result
+    shape = (len(caps), n_seeds)
     v = {k: a.reshape(shape) for k, a in values.items()}
-    history = _val_history(result, values)
-    if metric_name(sweep.data.task) == "accuracy":
+    if metric_name(data.task) == "accuracy":
         name, final = "error", {"train": 1 - v["train_accuracy"],
                                 "test (clean labels)": 1 - v["test_accuracy_clean"]}
         history = 1 - history
     else:
         name, final = "mse", {"train": v["train_mse"], "test (vs f)": v["test_risk"]}
-    threshold = sweep.data.x_train.shape[-2] * model.n_out
+    threshold = data.x_train.shape[-2] * model.n_out
     x = v["n_params"][:, 0] / threshold
     fig, axes = panels(2, size=(5.8, 4.2), title=scenario.title or "Double descent")
     CurveDisplay(x, final, xlabel=f"parameters / (n_train x {model.n_out} outputs)",

@@ -409,3 +409,33 @@ def test_repeat_s_of_every_grid_point_starts_from_the_same_initialisation():
     by_point = np.array([r["val_mse"] for r in rows]).reshape(2, 3)
     np.testing.assert_array_equal(by_point[0], by_point[1])
     assert len(set(by_point[0])) == 3
+
+
+def test_trained_double_descent_trains_each_group_of_widths_as_its_own_call(monkeypatch):
+    """Widths 2..16 train as groups [2, 3], [8, 16] (each model sized to its group's
+    widest, not to 16): the table equals separate runs of each group, rows in the
+    order asked for."""
+    widest = []
+    train_grid = experiments.train_grid
+
+    def recording(sc, model, *args, **kwargs):
+        widest.append(int(model.init(jax.random.key(0))[1]["width"]))
+        return train_grid(sc, model, *args, **kwargs)
+
+    monkeypatch.setattr(experiments, "train_grid", recording)
+    sections = dict(data={"source": "regression", "target": "sin", "n_train": 12,
+                          "n_test": 50, "noise": 0.2},
+                    model={"kind": "mlp", "hidden": [16]},
+                    train={"epochs": 60, "eval_every": 20})
+
+    def run(caps):
+        return _run("double_descent", **sections, sweep={"capacity": caps, "seeds": 2})
+
+    both = run([16, 2, 8, 3])
+    assert widest == [3, 16]
+    parts = {r["width"]: r for caps in ([2, 3], [8, 16]) for r in run(caps)
+             if r["seed"] == 1}
+    assert [r["width"] for r in both if r["seed"] == 1] == [16, 2, 8, 3]
+    for r in both:
+        if r["seed"] == 1:
+            assert r == pytest.approx(parts[r["width"]], rel=1e-6, nan_ok=True)
