@@ -6,12 +6,14 @@ truth kept), ``models`` (``(init, apply)`` pairs of varying capacity), ``solve``
 losses by name), ``activations`` (by name, with their slopes), ``kernels`` (an
 MLP's gradient as one GPU kernel per model), ``early_stopping``, ``sweep``
 (grids), ``chunks`` (members in memory-sized chunks across devices, stored for
-resume), ``clock`` (compile time), ``decompose`` (bias-variance terms),
+resume), ``clock`` (compile time), ``decompose`` (bias-variance terms), ``bootstrap``
+(mlxtend's bootstrap decomposition, every round in one call),
 ``theory`` (analytic risk curves), ``display`` (plots), ``scenario`` (TOML
 runs), ``idx`` (MNIST's IDX files from a local folder).
 """
 
 from overfit import decompose, theory
+from overfit.bootstrap import Bootstrap, bootstrap_bias_variance
 from overfit.chunks import run_chunks, storing
 from overfit.clock import CompileClock
 from overfit.data import (
@@ -52,7 +54,7 @@ __all__ = [
     "fit_linear", "solve", "grid", "fast_compile_options", "map_members", "take", "unflatten",
     "run_chunks", "storing", "CompileClock",
     "History", "FitResult", "evaluate", "fit", "objective",
-    "decompose", "theory", "Term",
+    "decompose", "theory", "Term", "Bootstrap", "bootstrap_bias_variance",
 ]
 
 _PLOTTING = ("CurveDisplay", "FitDisplay", "save_figure")

@@ -300,6 +300,43 @@ def cross_entropy(probs: Array, y: Array, *, atol: float = 1e-4,
     return CrossEntropy(_term(loss), _term(bias), _term(-log_z), main)
 
 
+def classifier(outputs: Array, y: Array, *, ddof: int = 0) -> dict[str, Term]:
+    """Every classification decomposition of ``R`` classifiers' logits at once.
+
+    Args:
+        outputs: logits ``(n_models, n_points, n_classes)``, or a binary model's
+            one logit per point ``(n_models, n_points)`` (read as the pair ``(0, z)``).
+        y: labels ``(n_points,)``.
+        ddof: of the Kohavi-Wolpert terms (:func:`kohavi_wolpert`).
+
+    Returns:
+        ``"0-1 loss"``, ``"0-1 bias"``, ``"0-1 variance"``, ``"0-1 net variance"``
+        (:func:`zero_one`, labels by argmax), ``"cross-entropy"``, ``"CE bias"``,
+        ``"CE variance"`` (:func:`cross_entropy` of the logits, exact where float32
+        probabilities underflow: a confident wrong network is charged its logit, not
+        ``-log(1e-30)``) and ``"KW bias2"``, ``"KW variance"`` (:func:`kohavi_wolpert`,
+        noise-free).
+    """
+    scores = class_logits(outputs)
+    k = scores.shape[-1]
+    labels = jnp.argmax(scores, axis=-1)
+    z = zero_one(labels, y, n_classes=k)
+    kw = kohavi_wolpert(labels, y, n_classes=k, ddof=ddof)
+    ce = cross_entropy(scores, y, logits=True)
+    return {"0-1 loss": z.loss, "0-1 bias": z.bias, "0-1 variance": z.variance,
+            "0-1 net variance": z.net_variance, "cross-entropy": ce.loss, "CE bias": ce.bias,
+            "CE variance": ce.variance, "KW bias2": kw.bias2, "KW variance": kw.variance}
+
+
+def class_logits(outputs: Array) -> Array:
+    """``(n_models, n_points, n_classes)`` logits: a binary model's one logit ``z`` per
+    point ``(n_models, n_points)`` becomes the pair ``(0, z)`` (softmax: sigmoid)."""
+    scores = jnp.asarray(outputs)
+    if scores.ndim == 2:
+        scores = jnp.stack([jnp.zeros_like(scores), scores], axis=-1)
+    return scores
+
+
 class VarianceSplit(NamedTuple):
     """Law of total variance over training sets S and initialisations (Neal et al. 2018)."""
 

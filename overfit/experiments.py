@@ -807,22 +807,9 @@ def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
         terms = dict(zip(("expected test error", "bias2", "variance", "noise"),
                          decompose.squared_nested(nested, f=f, noise=noise_var)))
     else:
-        # a binary model's one logit z is the logit pair (0, z); the cross-entropy takes
-        # logits: from probabilities, float32 underflow charged a confident wrong network
-        # -log(1e-30) = 69 instead of its logit (the widest networks' CE 2-3.5 % high)
-        scores = jnp.asarray(preds)
-        if scores.ndim == 2:
-            scores = jnp.stack([jnp.zeros_like(scores), scores], axis=-1)
+        terms = decompose.classifier(preds, f)  # KW terms: table only
         # the split below is of the last class's probability (a logit is no probability)
-        flat = jax.nn.softmax(scores, axis=-1)[..., -1]
-        labels = jnp.argmax(scores, axis=-1)
-        z = decompose.zero_one(labels, f, n_classes=scores.shape[-1])
-        ce = decompose.cross_entropy(scores, f, logits=True)
-        kw = decompose.kohavi_wolpert(labels, f, n_classes=scores.shape[-1])
-        terms = {"0-1 loss": z.loss, "0-1 bias": z.bias, "0-1 variance": z.variance,
-                 "0-1 net variance": z.net_variance, "cross-entropy": ce.loss,
-                 "CE bias": ce.bias, "CE variance": ce.variance,
-                 "KW bias2": kw.bias2, "KW variance": kw.variance}  # table only
+        flat = jax.nn.softmax(decompose.class_logits(preds), axis=-1)[..., -1]
     if n_inits > 1:
         split = decompose.variance_split(jnp.asarray(flat).reshape(-1, n_inits, flat.shape[1]))
         terms |= {"variance from initialisation": split.init,

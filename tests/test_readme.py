@@ -26,3 +26,18 @@ def test_the_five_lines_draw_a_u_curve_over_degree():
     assert train[-1] < 0.5 * train[0] and train[8] < train[2]
     assert 2 <= best <= 12 and val[best] < 0.5 * val[0]
     plt.close("all")
+
+
+def test_the_bias_variance_example_shows_the_trade_off_it_prints():
+    text = README.read_text()
+    section = text.split("## Bias and variance in one call", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    got = {d: {k: float(t.value) for k, t in terms.items()} for d, terms in scope["terms"].items()}
+    printed = {1: (0.175, 0.011), 4: (0.022, 0.011), 8: (0.035, 0.154)}
+    for degree, (bias2, variance) in printed.items():
+        t = got[degree]
+        assert abs(t["bias2"] - bias2) < 1e-3 and abs(t["variance"] - variance) < 1e-3
+        assert abs(t["noise"] - 0.09) < 1e-6
+        assert abs(t["loss"] - (t["bias2"] + t["variance"] + 0.09)) < 1e-5
