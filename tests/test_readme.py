@@ -11,12 +11,17 @@ import numpy as np
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_the_five_lines_draw_a_u_curve_over_degree():
-    text = README.read_text()
-    section = text.split("## Five lines of Python", 1)[1]
+def _run_example(heading: str) -> dict:
+    """Execute the first Python block after ``heading``; returns its global names."""
+    section = README.read_text().split(heading, 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    return scope
+
+
+def test_the_five_lines_draw_a_u_curve_over_degree():
+    scope = _run_example("## Five lines of Python")
     labels = [line.get_label() for line in plt.gcf().axes[0].lines]
     train = np.asarray(scope["res"].history.train_metric[:, -1])
     val = np.asarray(scope["res"].history.val_metric[:, -1])
@@ -29,11 +34,7 @@ def test_the_five_lines_draw_a_u_curve_over_degree():
 
 
 def test_the_bias_variance_example_shows_the_trade_off_it_prints():
-    text = README.read_text()
-    section = text.split("## Bias and variance in one call", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    scope = _run_example("## Bias and variance in one call")
     got = {d: {k: float(t.value) for k, t in terms.items()} for d, terms in scope["terms"].items()}
     printed = {1: (0.175, 0.011), 4: (0.022, 0.011), 8: (0.035, 0.154)}
     for degree, (bias2, variance) in printed.items():
