@@ -394,7 +394,10 @@ def run_chunks(
     size = -(-size // len(devices)) * len(devices)
 
     ambient = _AMBIENT.get()
-    if store is None and ambient is not None:
+    # only the ambient store's own sub-folders may be replaced; a store= the caller
+    # names is refused if it holds another computation, inside storing() as outside
+    from_ambient = store is None and ambient is not None
+    if from_ambient:
         sub = ambient.next()  # numbered on every call, so the numbering is reproducible
         ambient.chunks.append({"members": n, "chunk_size": size})
         # one chunk has nothing to resume mid-way: skip the fingerprint's lowering
@@ -404,7 +407,7 @@ def run_chunks(
                          "(a folder every process can read and write).")
     saved = None
     if store is not None:
-        saved = _Store(store, _fingerprint(body, host, shared), n, replace=ambient is not None)
+        saved = _Store(store, _fingerprint(body, host, shared), n, replace=from_ambient)
     parts: dict[tuple[int, int], list[np.ndarray]] = {}
     if saved is not None:
         parts.update({r: _Store.load(p) for r, p in saved.done().items()})

@@ -497,9 +497,8 @@ def _polynomial_fit(key: jax.Array, data: datasets.Dataset, grid_x: jax.Array, *
 
 def capacity_curve(scenario: Scenario) -> tuple[Rows, Figures]:
     """Train / validation / test error vs capacity over many data draws: the U-curve."""
-    caps = scenario.sweep.capacity or [scenario.model.max_degree]
-    sweep = _sweep(scenario, None, caps)
-    model, values, shape = sweep.model, sweep.values, sweep.shape
+    sweep = _sweep(scenario, None, scenario.sweep.capacity or None)
+    model, values, shape, caps = sweep.model, sweep.values, sweep.shape, sweep.swept
     rows = _rows({model.capacity: caps, "seed": range(scenario.sweep.seeds)}, values)
     v = {k: a.reshape(shape) for k, a in values.items()}
     mse = metric_name(sweep.data.task) == "mse"
@@ -578,6 +577,15 @@ def _require(scenario: Scenario, field: str) -> list:
     if not values:
         raise ValueError(f"kind={scenario.kind!r} needs sweep.{field} (a non-empty list).")
     return values
+
+
+def _one(scenario: Scenario, field: str) -> Any:
+    """The single value of ``sweep.<field>`` (a remedy's setting, not a sweep)."""
+    values = _require(scenario, field)
+    if len(values) != 1:
+        raise ValueError(f"kind={scenario.kind!r} takes one value in sweep.{field} (the "
+                         f"remedy's setting); got sweep.{field}={values!r}.")
+    return values[0]
 
 
 def dropout(scenario: Scenario) -> tuple[Rows, Figures]:
@@ -697,15 +705,19 @@ def remedies(scenario: Scenario) -> tuple[Rows, Figures]:
                          f"classification) for its more-data arm; got "
                          f"data.source={scenario.data.source!r}, a fixed data set.")
     replace, n_seeds = dataclasses.replace, scenario.sweep.seeds
+    settings = {f: _one(scenario, f) for f in ("capacity", "l2", "drop_rate", "n_train")}
+    if settings["n_train"] < scenario.data.n_train:
+        raise ValueError(f"kind='remedies' adds data: sweep.n_train={[settings['n_train']]} "
+                         f"must be at least data.n_train={scenario.data.n_train}.")
     key_data, key_model = _keys(scenario)
     # dropout compiled in for every arm; a member's rate of 0 drops nothing
     shared = replace(scenario, sweep=replace(scenario.sweep, capacity=[]),
-                     model=replace(scenario.model, drop_rate=_require(scenario, "drop_rate")[0]))
-    sized = draw_sized(shared, key_data, n_seeds,
-                       [scenario.data.n_train, _require(scenario, "n_train")[0]])
+                     model=replace(scenario.model, drop_rate=settings["drop_rate"]))
+    sized = draw_sized(shared, key_data, n_seeds, [scenario.data.n_train, settings["n_train"]])
     base, more = sized.at(0), sized.at(1)
     model = build_model(shared, base)
-    plain = build_model(replace(shared, model=scenario.model), base)  # no dropout to run
+    # no dropout to run, whatever model.drop_rate says: the baseline trains at rate 0 too
+    plain = build_model(replace(shared, model=replace(scenario.model, drop_rate=0.0)), base)
     defaults = {model.capacity: _own_capacity(model), "l2": scenario.train.l2, "drop_rate": 0.0}
 
     def train(model: models.Model, arms: dict[str, dict], data: datasets.Dataset,
@@ -720,8 +732,8 @@ def remedies(scenario: Scenario) -> tuple[Rows, Figures]:
                 for i, name in enumerate(arms)}
 
     results = {**train(model, {"baseline": {},
-                               "smaller model": {model.capacity: _require(scenario, "capacity")[0]},
-                               "L2": {"l2": _require(scenario, "l2")[0]},
+                               "smaller model": {model.capacity: settings["capacity"]},
+                               "L2": {"l2": settings["l2"]},
                                "dropout": {"drop_rate": shared.model.drop_rate}}, base, stop=False),
                **train(plain, {"more data": {}}, more, stop=False),
                **train(plain, {"early stopping": {}}, base, stop=True)}
@@ -893,7 +905,7 @@ def _decomposition_sizes(scenario: Scenario, sizes: list[int]
     for i in range(len(sizes)):
         t, p = _terms(scenario, model, datasets.shared_test(sized.at(i)),
                       {model.capacity: np.full(len(flat["seed"]), own)}, key_model,
-                      flat["seed"], 1)
+                      flat["seed"], 1, key_index=flat["seed"] * n_inits + flat["init"])
         terms, n_params = terms + t, n_params + p
     return terms, n_params
 
@@ -913,6 +925,12 @@ def _terms(scenario: Scenario, model: models.Model, data: datasets.Dataset,
     # only a generator knows its noise; for a fixed data set it stays inside the bias
     noise_var = scenario.data.noise**2 if scenario.data.source in ("regression", "linear") else 0.0
     terms = [_decompose(data, p, noise_var, n_inits) for p in preds]
+    if isinstance(result, FitResult):
+        # a diverged member is frozen at its last finite parameters, and its predictions
+        # would enter the terms unnoticed: its grid point's terms are NaN instead
+        gone = np.asarray(result.diverged_epoch).reshape(n_values, -1) >= 0
+        nan = decompose.Term(np.nan, np.nan)
+        terms = [{k: nan for k in t} if g.any() else t for t, g in zip(terms, gone)]
     n_params = np.asarray(jax.vmap(model.n_params)(result.state)).reshape(n_values, -1)[:, 0]
     return terms, [int(n) for n in n_params]
 
@@ -1029,7 +1047,7 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
     for noise in noises:  # the noise level moves the peak: one set of curves each
         variant = dataclasses.replace(scenario, data=dataclasses.replace(scenario.data,
                                                                          noise=noise))
-        column, risks = _min_norm_grid(variant, values, ridges, sample_wise, isotropic)
+        column, risks, n_fit = _min_norm_grid(variant, values, ridges, sample_wise, isotropic)
         for r, lam in enumerate(ridges):
             label = "min-norm" if lam == 0 else f"ridge lambda={lam:g}"
             curves[noise, label] = {k: v[r] for k, v in risks.items()}
@@ -1040,13 +1058,14 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
     named = {(f"noise {noise:g}, {label}" if len(noises) > 1 else label): curve
              for (noise, label), curve in curves.items()}
     return rows, {"double_descent": _double_descent_figure(scenario, values, named, noises,
-                                                           sample_wise, isotropic)}
+                                                           sample_wise, isotropic, n_fit)}
 
 
 def _min_norm_grid(scenario: Scenario, values: list, ridges: list, sample_wise: bool,
-                   isotropic: bool) -> tuple[str, dict[str, np.ndarray]]:
-    """Min-norm (and ridge) fits of every (ridge x value x draw): test risk, train MSE,
-    |coef|^2, each ``(len(ridges), len(values), seeds)``; and the swept column's name."""
+                   isotropic: bool) -> tuple[str, dict[str, np.ndarray], int]:
+    """Min-norm (and ridge) fits of every (ridge x value x draw): the swept column's
+    name; test risk, train MSE, |coef|^2, each ``(len(ridges), len(values), seeds)``;
+    and the training rows of the data drawn (padded to the largest n_train)."""
     key_data, key_model, key_coef = jax.random.split(jax.random.key(scenario.seed), 3)
     n_sets = scenario.sweep.seeds
     if sample_wise:  # every n in one call: nested sets padded to the largest
@@ -1058,7 +1077,8 @@ def _min_norm_grid(scenario: Scenario, values: list, ridges: list, sample_wise: 
     else:
         data, caps = draw(scenario, key_data, n_sets), values
         at, _ = grid(l2=range(len(ridges)), value=range(len(caps)), seed=range(n_sets))
-        draw_index, weight = at["seed"], None
+        # a fixed (real) data set has no draws to index: every member fits it
+        draw_index, weight = draw_indices(data, len(at["seed"]), n_sets, at["seed"]), None
     flat = {"l2": np.asarray(ridges)[at["l2"]], "value": np.asarray(caps)[at["value"]]}
     m, column = len(at["seed"]), "n_train"
     # a (ridge, capacity, set) triple starts alike, and has one truth b, at every size
@@ -1080,10 +1100,12 @@ def _min_norm_grid(scenario: Scenario, values: list, ridges: list, sample_wise: 
         with jax.enable_x64(x64):
             part = _per_member(_in_precision(d, x64), take(members, index),
                                _min_norm_member(model, isotropic, scenario.data.r2),
-                               width=_width(model), draw_index=draw_index[index])
+                               width=_width(model),
+                               draw_index=None if draw_index is None else draw_index[index])
         for k, v in part.items():
             out.setdefault(k, np.empty(m))[index] = np.asarray(v)
-    return column, {k: v.reshape(len(ridges), len(values), n_sets) for k, v in out.items()}
+    return column, {k: v.reshape(len(ridges), len(values), n_sets) for k, v in out.items()}, \
+        data.x_train.shape[-2]
 
 
 def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
@@ -1136,12 +1158,15 @@ def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
         "double_descent": fig}
 
 
-def _double_descent_figure(scenario, values, curves, noises, sample_wise, isotropic) -> Any:
+def _double_descent_figure(scenario, values, curves, noises, sample_wise, isotropic,
+                           n_fit: int) -> Any:
+    """The min-norm curves; ``n_fit`` is the training rows of a capacity sweep (a real
+    data set's split, not ``data.n_train``)."""
     d = scenario.data
     # the threshold is where the fitted coefficients (not the capacity knob: an intercept
     # or a model narrower than data.p) number the training points
     n_params = np.median(next(iter(curves.values()))["n_params"], axis=1)
-    threshold = n_params[0] if sample_wise else d.n_train
+    threshold = n_params[0] if sample_wise else n_fit
     x = np.asarray(values, float) if sample_wise else n_params / threshold
     xlabel = ("n_train (threshold at n = parameters)" if sample_wise
               else "parameters / n_train")
@@ -1152,7 +1177,7 @@ def _double_descent_figure(scenario, values, curves, noises, sample_wise, isotro
                                  else threshold}).plot(ax=axes[0], logy=True)
     if isotropic:
         grid_x = np.linspace(x.min(), x.max(), 400)
-        p, n = (threshold, grid_x) if sample_wise else (grid_x * d.n_train, d.n_train)
+        p, n = (threshold, grid_x) if sample_wise else (grid_x * n_fit, n_fit)
         gamma = p / n
         for i, noise in enumerate(noises):
             exact = theory.min_norm_risk(p, n, d.r2, noise**2)

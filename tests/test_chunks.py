@@ -145,6 +145,13 @@ def test_a_store_refuses_another_computation(tmp_path):
     chunks.run_chunks(_square_plus, _members(4), shared=jnp.float32(2), store=tmp_path)
     with pytest.raises(ValueError, match=r"store=.* holds chunks of a different computation"):
         chunks.run_chunks(_square_plus, _members(4), shared=jnp.float32(3), store=tmp_path)
+    # inside storing() too: a store= the caller names is theirs, not the ambient one's
+    # to replace (it was emptied, files that were no chunks included)
+    (tmp_path / "notes.txt").write_text("mine")
+    with (chunks.storing(tmp_path / "ambient"),
+          pytest.raises(ValueError, match=r"holds chunks of a different computation")):
+        chunks.run_chunks(_square_plus, _members(4), shared=jnp.float32(3), store=tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_fit_stores_and_resumes(sweep, tmp_path):

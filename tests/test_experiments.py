@@ -439,3 +439,65 @@ def test_trained_double_descent_trains_each_group_of_widths_as_its_own_call(monk
     for r in both:
         if r["seed"] == 1:
             assert r == pytest.approx(parts[r["width"]], rel=1e-6, nan_ok=True)
+
+
+def test_a_bias_variance_point_with_a_diverged_member_reports_nan_terms():
+    """A diverged member is frozen at its last finite parameters; its predictions would
+    enter bias^2 and variance unnoticed: that grid point's terms are NaN instead."""
+    sections = dict(data={"source": "regression", "target": "sin", "n_train": 20,
+                          "n_test": 50, "noise": 0.2},
+                    model={"kind": "mlp", "hidden": [8]},
+                    sweep={"capacity": [4], "seeds": 3})
+    wild = _run("bias_variance", **sections,
+                train={"optimizer": "sgd", "learning_rate": 1e3, "epochs": 20, "eval_every": 10})
+    calm = _run("bias_variance", **sections, train={"epochs": 20, "eval_every": 10})
+    terms = ("expected_test_error", "bias2", "variance", "noise")
+    assert all(np.isnan(wild[0][k]) for k in terms)
+    assert all(np.isfinite(calm[0][k]) for k in terms)
+
+
+def test_bias_variance_per_size_calls_give_each_training_set_its_own_inits(monkeypatch):
+    """With minibatches every n_train is its own call; its members are (set, init)
+    pairs whose init keys must be those of the padded one-call path, not set-shared."""
+    seen = []
+    train_grid = experiments.train_grid
+
+    def recording(*args, **kwargs):
+        seen.append(np.asarray(kwargs["key_index"]).tolist())
+        return train_grid(*args, **kwargs)
+
+    monkeypatch.setattr(experiments, "train_grid", recording)
+    base = dict(data={"source": "regression", "target": "sin", "n_test": 20},
+                model={"kind": "mlp", "hidden": [4]},
+                sweep={"n_train": [10, 20], "seeds": 3, "inits": 2})
+    _run("bias_variance", **base, train={"epochs": 2, "eval_every": 1, "batch_size": 5})
+    _run("bias_variance", **base, train={"epochs": 2, "eval_every": 1})
+    per_size, padded = seen[:2], seen[2]
+    assert per_size == [list(range(6))] * 2
+    assert padded == list(range(6)) * 2
+
+
+def test_capacity_curve_without_a_sweep_trains_the_model_as_configured():
+    rows = _run("capacity_curve", data={"source": "regression", "n_train": 20, "n_test": 20},
+                model={"kind": "random_features", "max_features": 40},
+                train={"method": "closed_form"}, sweep={"seeds": 2})
+    assert [r["n_features"] for r in rows] == [40, 40]
+
+
+def test_min_norm_double_descent_on_a_fixed_data_set_marks_its_own_training_rows():
+    """A real data set is one fixed set, no draws to index; the threshold is its own
+    training split (diabetes: 442 x 0.6 rows), not data.n_train's default."""
+    sc = scenario.from_dict({
+        "name": "t", "kind": "double_descent",
+        "data": {"source": "real", "name": "diabetes"},
+        "model": {"kind": "random_features"}, "train": {"method": "closed_form"},
+        "sweep": {"capacity": [10, 265, 600], "seeds": 2}})
+    rows, figures = experiments.double_descent(sc)
+    n = experiments.draw(sc, jax.random.key(0), 1).x_train.shape[-2]
+    ax = figures["double_descent"].axes[0]
+    plt.close(figures["double_descent"])
+    assert n != sc.data.n_train
+    xs = next(line.get_xdata() for line in ax.get_lines() if len(line.get_xdata()) == 3)
+    n_params = sorted({r["n_params"] for r in rows})
+    np.testing.assert_allclose(xs, np.asarray(n_params) / n)
+    assert all(np.isfinite(r["test_risk"]) for r in rows)

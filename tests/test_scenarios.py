@@ -176,6 +176,18 @@ def test_remedies_need_an_mlp_and_a_generator():
         experiments.remedies(scenario.load(path, ["data.source='real'"]))
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["sweep.l2=[0.01, 0.1]"], r"takes one value in sweep.l2 .*got sweep.l2=\[0.01, 0.1\]"),
+    (["sweep.n_train=[10]"], r"sweep.n_train=\[10\] must be at least data.n_train=20"),
+])
+def test_remedies_take_one_setting_per_remedy(overrides, message):
+    """A second value would be ignored (the figure has one bar per remedy); more data
+    must be more."""
+    path = SCENARIOS[[p.stem for p in SCENARIOS].index("remedies")]
+    with pytest.raises(ValueError, match=message):
+        experiments.remedies(scenario.load(path, [*overrides, "data.n_train=20"]))
+
+
 def test_remedy_arms_differ_by_their_remedy_alone():
     """Repeat s of every arm starts alike on the same points: a remedy turned off (no L2,
     no dropout, no extra points) gives the baseline's numbers; the smaller model does not."""
