@@ -162,15 +162,35 @@ class _Walk:
 
     def _function(self, fn: types.FunctionType) -> Hashable:
         try:
-            cells = tuple(self.key(c.cell_contents) for c in fn.__closure__ or ())
+            contents = [c.cell_contents for c in fn.__closure__ or ()]
         except ValueError:  # an empty cell: a closure still being defined
             self.opaque = True
             return _Id(fn)
+        cells = tuple(map(self.key, contents))
         code, globs = fn.__code__, fn.__globals__
-        used = tuple((name, self.key(globs[name])) for name in _global_names(code)
-                     if name in globs)
+        names = _global_names(code)
+        used = tuple((name, self.key(globs[name])) for name in names if name in globs)
+        modules = [v for v in (*contents, *(globs[n] for n in names if n in globs))
+                   if isinstance(v, types.ModuleType)]
+        read = tuple(self._read(module, names) for module in modules)
         defaults = self.key(fn.__defaults__), self._items(fn.__kwdefaults__ or {})
-        return types.FunctionType, code, defaults, cells, used
+        return types.FunctionType, code, defaults, cells, used, read
+
+    def _read(self, module: types.ModuleType, names: tuple[str, ...]) -> Hashable:
+        """What code may read from ``module`` (itself keyed by identity): a value such as
+        ``helpers.SCALE``, edited between two calls, by value, as a global of its own
+        would be; an object that may change unseen by identity, as before, without
+        making the reading function opaque."""
+        read = []
+        for attr in names:
+            if not hasattr(module, attr):
+                continue
+            value = getattr(module, attr)
+            outer, self.opaque = self.opaque, False
+            key = self.key(value)
+            read.append((attr, _Id(value) if self.opaque else key))
+            self.opaque = outer
+        return tuple(read)
 
     def _items(self, attributes: dict[str, Any]) -> Hashable:
         """An object's own attribute dict, by contents: its identity is the object's."""

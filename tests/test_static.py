@@ -76,6 +76,25 @@ def test_a_referenced_global_is_part_of_the_key(monkeypatch):
     assert Static(f) != before
 
 
+def test_a_value_read_from_a_module_is_part_of_the_key(monkeypatch):
+    """A module global is one object, whatever it holds: a fresh closure reading
+    helpers.SCALE after an edit (a notebook's reloaded module) must not reuse the
+    program traced with the old value."""
+    helpers = types.ModuleType("helpers")
+    helpers.SCALE = 1.0
+    monkeypatch.setitem(globals(), "helpers", helpers)
+
+    def make():
+        return lambda m, shared: m * helpers.SCALE
+
+    assert Static(make()) == Static(make())
+    before = Static(make())
+    np.testing.assert_allclose(of.map_members(make(), jnp.arange(3.0)), [0.0, 1.0, 2.0])
+    helpers.SCALE = 10.0
+    assert Static(make()) != before
+    np.testing.assert_allclose(of.map_members(make(), jnp.arange(3.0)), [0.0, 10.0, 20.0])
+
+
 def test_objects_that_may_change_unseen_make_their_closure_compare_by_identity():
     holder = types.SimpleNamespace(scale=1.0)
     f = lambda x: holder.scale * x  # noqa: E731
