@@ -423,7 +423,9 @@ def run_chunks(
     # progress=None: only a run that lasts shows its bar (a gallery of short sweeps stays quiet)
     with _bar(show, n, sum(b - a for a, b in parts), delay=2.0 if progress is None else 0.0
               ) as bar:
-        _run_ranges(body, host, shared, devices, mine, size, parts, saved, bar)
+        if mine:
+            _run_ranges(body, host, _placed(shared, devices), devices, mine, size, parts,
+                        saved, bar)
         while _missing(n, list(parts)):  # other processes' chunks arrive through the store
             time.sleep(poll_s)
             for r, p in saved.done().items():
@@ -477,10 +479,23 @@ def _run_ranges(body, host, shared, devices, todo, size, parts, saved, bar) -> N
         bar.update(stop - start)
 
 
+def _placed(shared: Any, devices: tuple) -> Any:
+    """``shared`` once on the chunks' ``devices``: on the one device asked for (jit alone
+    would run on the default one), or replicated over the members mesh (data committed
+    to one device, e.g. by ``device_put``, would not mix with the mesh's)."""
+    if len(devices) == 1:
+        return jax.device_put(shared, devices[0])
+    mesh = jax.sharding.Mesh(np.array(devices), ("members",))
+    return jax.device_put(shared, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
 def _execute(body, host, shared, devices, start: int, stop: int, size: int) -> list[np.ndarray]:
     """One chunk: members ``start:stop`` padded to ``size``, run, trimmed, on the host."""
     index = np.minimum(np.arange(start, start + size), stop - 1)
-    out = _compiled(body, devices)(host.take(index), shared)
+    members = host.take(index)
+    if len(devices) == 1:  # the host arrays follow committed inputs; shared may have none
+        members = jax.device_put(members, devices[0])
+    out = _compiled(body, devices)(members, shared)
     return [np.asarray(a)[: stop - start] for a in jax.tree.leaves(out)]
 
 

@@ -88,6 +88,23 @@ for size in (None, 4):
     for a, b in zip(jax.tree.leaves(spread), jax.tree.leaves(alone)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 assert meshes and set(meshes) == {4}, meshes
+# data committed to one device (device_put) mixes with the 4-device mesh
+placed = fit(mlp(1, (8,)), jax.device_put(data, jax.devices()[1]), key=keys, **kw)
+for a, b in zip(jax.tree.leaves(placed), jax.tree.leaves(alone)):
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+# one device asked for is the one that runs (not the default device)
+ran = []
+def spying(body, devices):
+    run = compiled(body, devices)
+    def call(*args):
+        out = run(*args)
+        ran.append({d.id for d in jax.tree.leaves(out)[0].devices()})
+        return out
+    return call
+chunks._compiled = spying
+third = map_members(f, members, shared=jnp.ones(16), devices=[jax.local_devices()[2]])
+assert ran == [{jax.local_devices()[2].id}], ran
+np.testing.assert_allclose(third["x"], one["x"], rtol=1e-12)
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
