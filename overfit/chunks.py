@@ -352,7 +352,8 @@ def run_chunks(
             function object across calls: compiled code is cached on it.
         members: pytree of arrays (PRNG keys allowed), leading axis ``M``.
         shared: pytree passed whole to every chunk (e.g. the data set).
-        chunk_size: at most this many members per call; None derives it
+        chunk_size: at most this many members per call (before the rounding
+            below); None derives it
             from a memory estimate (:func:`chunk_size_for`: half the free
             memory of the smallest device, and on a CPU twice its cache).
             Chunks are made equal and rounded up to a multiple of the device

@@ -504,10 +504,10 @@ def fit(
             dropout or input noise (the training loss and the next step's
             gradient come from one pass), over both splits otherwise.
         chunk_size: with ``M`` members, at most how many train per compiled
-            call; None sizes chunks from a memory estimate (half the free
-            device memory, and on a CPU twice its cache; see
-            :func:`overfit.chunks.chunk_size_for`). A chunk that runs out of
-            device memory is halved and retried.
+            call (rounded up to a multiple of the device count); None sizes
+            chunks from a memory estimate (half the free device memory, and on
+            a CPU twice its cache; see :func:`overfit.chunks.chunk_size_for`).
+            A chunk that runs out of device memory is halved and retried.
         devices: each chunk is split evenly across these (default: every
             local device, ``jax.local_devices()``); the results do not depend
             on the count beyond float round-off.
@@ -532,6 +532,10 @@ def fit(
     _check_task(model, data, loss)
     # strong dtypes: a Python float (weakly typed) and a float32 array of the same
     # values would otherwise be two jit cache entries, i.e. a recompile
+    reserved = sorted({"key", _WEIGHT} & set(hparams or {}))
+    if reserved:  # fit fills them in itself: a user's value would be overwritten or unchecked
+        raise ValueError(f"hparams {reserved} are reserved (fit passes a callable optimizer "
+                         "its 'key'; per-point weights go in weight=).")
     hparams = {k: jnp.asarray(v, jnp.asarray(v).dtype) for k, v in (hparams or {}).items()}
     check_range("input_noise", hparams.get("input_noise", 0.0), lo=0.0)
     optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer

@@ -357,6 +357,9 @@ def test_wrong_loss_for_the_task(reg_data, cls_data):
         fit(linear(2, n_out=3), cls_data, key=key, loss="bce")
     with pytest.raises(ValueError, match="n_out == n_classes"):
         fit(linear(2, n_out=3), cls_data, key=key, loss="ce")
+    for name in ("key", "train_weight"):  # fit's own: overwritten or unchecked otherwise
+        with pytest.raises(ValueError, match=rf"hparams \['{name}'\] are reserved"):
+            fit(linear(1), reg_data, key=key, hparams={name: jnp.ones(1)})
     # (n, 2) outputs minus (n,) labels would broadcast when n == 2
     with pytest.raises(ValueError, match="loss='mse' on class labels.*n_out=2, n_classes=2"):
         fit(linear(2, n_out=2), cls_data, key=key, loss="mse")
