@@ -79,7 +79,7 @@ def test_with_the_noise_variance_the_bias_is_against_the_truth():
 def test_gradient_rounds_train_as_separate_fits_and_classify_by_their_logits():
     data = classification(jax.random.key(1), shape="moons", n_train=40, n_val=10, n_test=60,
                           noise=0.3)
-    model, kw = mlp(2, (16,), activation="tanh"), dict(optimizer=optax.adam(0.05), epochs=60)
+    model, kw = mlp(2, (8,), activation="tanh"), dict(optimizer=optax.adam(0.05), epochs=30)
     got = bootstrap_bias_variance(model, data, key=KEY, rounds=4, **kw)
     sets, inits = _sets(data, 4)
     one = jax.tree.map(lambda a: a[2], sets)

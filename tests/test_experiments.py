@@ -458,22 +458,27 @@ def test_a_bias_variance_point_with_a_diverged_member_reports_nan_terms():
 
 def test_bias_variance_per_size_calls_give_each_training_set_its_own_inits(monkeypatch):
     """With minibatches every n_train is its own call; its members are (set, init)
-    pairs whose init keys must be those of the padded one-call path, not set-shared."""
+    pairs whose init keys must be those of the padded one-call path (set s, init i:
+    key s * inits + i), not shared between sets."""
     seen = []
-    train_grid = experiments.train_grid
 
-    def recording(*args, **kwargs):
+    class RecordedError(Exception):
+        pass
+
+    def recording(*args, **kwargs):  # the keys are all this test needs: no training
         seen.append(np.asarray(kwargs["key_index"]).tolist())
-        return train_grid(*args, **kwargs)
+        raise RecordedError
 
     monkeypatch.setattr(experiments, "train_grid", recording)
     base = dict(data={"source": "regression", "target": "sin", "n_test": 20},
                 model={"kind": "mlp", "hidden": [4]},
                 sweep={"n_train": [10, 20], "seeds": 3, "inits": 2})
-    _run("bias_variance", **base, train={"epochs": 2, "eval_every": 1, "batch_size": 5})
-    _run("bias_variance", **base, train={"epochs": 2, "eval_every": 1})
-    per_size, padded = seen[:2], seen[2]
-    assert per_size == [list(range(6))] * 2
+    for batch_size in (5, 0):  # 0: full batch, every size padded into one call
+        with pytest.raises(RecordedError):
+            _run("bias_variance", **base,
+                 train={"epochs": 2, "eval_every": 1, "batch_size": batch_size})
+    per_size, padded = seen
+    assert per_size == list(range(6))
     assert padded == list(range(6)) * 2
 
 
