@@ -50,7 +50,8 @@ def bootstrap_bias_variance(model: Model, data: Dataset, *, key: Array, rounds: 
             VARIANCE (a generator's ``noise**2``): against the truth ``f_test``,
             the noise its own term.
         ddof: 0 (plug-in: mlxtend's numbers) or 1 (unbiased over the R rounds);
-            see :mod:`overfit.decompose`.
+            see :mod:`overfit.decompose`. For classifiers it applies to the
+            Kohavi-Wolpert terms (the others have no such correction).
         hparams: model knobs (e.g. ``{"degree": 3}``), the same for every round.
 
     Returns:
@@ -75,6 +76,9 @@ def bootstrap_bias_variance(model: Model, data: Dataset, *, key: Array, rounds: 
         if loss == "mse":  # its one output scores the 0/1 label: no logit to decompose
             raise ValueError("loss='mse' on class labels gives no logits to decompose: use "
                              "loss 'bce', 'ce' or 'mse_onehot' (or the default).")
+    if method == "gradient" and ridge:
+        raise ValueError(f"ridge={ridge!r} is method='closed_form''s L2 strength; a trained "
+                         "model takes its penalty from the optimizer (regularize.l2).")
     hparams = dict(hparams or {})
     key_data, key_init = jax.random.split(key)
     sets = jax.vmap(resample, in_axes=(0, None))(jax.random.split(key_data, rounds), data)

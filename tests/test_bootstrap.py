@@ -116,6 +116,8 @@ def test_gradient_rounds_train_as_separate_fits_and_classify_by_their_logits():
                                           hparams={"degree": 9}), r"degree"),
     (lambda d, c: bootstrap_bias_variance(linear(1), d, key=KEY, noise=-1.0),
      r"noise=-1.0 is out of range"),
+    (lambda d, c: bootstrap_bias_variance(linear(1), d, key=KEY, ridge=0.1),
+     r"ridge=0.1 is method='closed_form''s L2 strength"),
 ])
 def test_bad_input_is_named(call, match):
     d = regression(jax.random.key(0), n_train=10, n_test=10)
