@@ -599,14 +599,17 @@ def dropout(scenario: Scenario) -> tuple[Rows, Figures]:
     result, values, shape = sweep.result, sweep.values, sweep.shape
     metric, epochs = result.metric, np.asarray(result.epochs)
     val = _val_history(result, values).reshape(*shape, -1)
-    gap = values[f"train_{metric}"] - values[f"val_{metric}"]
+    # how much better the training score is: an accuracy above, an error below
+    train_first = metric == "accuracy"
+    gap = (values[f"train_{metric}"] - values[f"val_{metric}"]) * (1 if train_first else -1)
     fig, axes = panels(2, size=(5.5, 4), title=scenario.title or "Dropout")
     CurveDisplay(epochs, {f"drop_rate {r:g}": val[i].T for i, r in enumerate(rates)},
                  xlabel="epoch", ylabel=f"validation {metric}", title="validation per epoch"
                  ).plot(ax=axes[0], band=False)
     CurveDisplay(rates, {"train": values[f"train_{metric}"].reshape(shape),
                          "validation": values[f"val_{metric}"].reshape(shape),
-                         "gap (train - validation)": gap.reshape(shape)},
+                         "gap (train - validation)" if train_first
+                         else "gap (validation - train)": gap.reshape(shape)},
                  xlabel="drop_rate", ylabel=metric, title="after training",
                  note=_note(values)).plot(ax=axes[1])
     rows = _rows({"drop_rate": rates, "seed": range(n_seeds)}, {**values, "gap": gap})

@@ -506,3 +506,15 @@ def test_min_norm_double_descent_on_a_fixed_data_set_marks_its_own_training_rows
     n_params = sorted({r["n_params"] for r in rows})
     np.testing.assert_allclose(xs, np.asarray(n_params) / n)
     assert all(np.isfinite(r["test_risk"]) for r in rows)
+
+
+def test_the_dropout_gap_is_how_much_better_the_training_score_is():
+    """Accuracy: train - validation; an error such as the MSE: validation - train (the
+    regression gap was drawn negative)."""
+    rows = _run("dropout", data={"source": "regression", "target": "sin", "n_train": 15,
+                                 "n_test": 20, "noise": 0.3},
+                model={"kind": "mlp", "hidden": [32]},
+                train={"epochs": 200, "eval_every": 100}, sweep={"drop_rate": [0.0], "seeds": 2})
+    for r in rows:
+        assert r["gap"] == pytest.approx(r["val_mse"] - r["train_mse"])
+        assert r["gap"] > 0  # 32 units on 15 noisy points: the training error is lower
