@@ -90,11 +90,7 @@ def bootstrap_bias_variance(model: Model, data: Dataset, *, key: Array, rounds: 
         if fit_kwargs:
             raise ValueError(f"{sorted(fit_kwargs)} are options of method='gradient'; "
                              "method='closed_form' takes hparams and ridge.")
-        unknown = sorted(set(hparams) - set(model.hparams))
-        if unknown:
-            raise ValueError(f"hparams {unknown} are not knobs of this model "
-                             f"(allowed: {list(model.hparams)}).")
-        check_model_hparams(model, hparams)
+        check_model_hparams(model, hparams, others=())
         state = jax.vmap(lambda k: model.init(k, **hparams)[1])(inits)
         params = jax.vmap(lambda s, d: fit_linear(model, s, d.x_train, d.y_train, ridge=ridge)
                           )(state, sets)

@@ -530,22 +530,18 @@ def fit(
         raise ValueError(f"eval_every={eval_every} must divide epochs={epochs}.")
     loss = default_loss(model, data) if loss is None else loss
     _check_task(model, data, loss)
-    # strong dtypes: a Python float (weakly typed) and a float32 array of the same
-    # values would otherwise be two jit cache entries, i.e. a recompile
     reserved = sorted({"key", _WEIGHT} & set(hparams or {}))
     if reserved:  # fit fills them in itself: a user's value would be overwritten or unchecked
         raise ValueError(f"hparams {reserved} are reserved (fit passes a callable optimizer "
                          "its 'key'; per-point weights go in weight=).")
+    # strong dtypes: a Python float (weakly typed) and a float32 array of the same
+    # values would otherwise be two jit cache entries, i.e. a recompile
     hparams = {k: jnp.asarray(v, jnp.asarray(v).dtype) for k, v in (hparams or {}).items()}
     check_range("input_noise", hparams.get("input_noise", 0.0), lo=0.0)
     optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
-    if isinstance(optimizer, Transform):
-        unknown = sorted(set(hparams) - set(model.hparams) - set(TRAIN_HPARAMS))
-        if unknown:
-            raise ValueError(f"hparams {unknown} are not knobs of this model "
-                             f"(allowed: {list(model.hparams + TRAIN_HPARAMS)}) "
-                             "and the optimizer takes none.")
-    check_model_hparams(model, hparams)
+    # a callable optimizer may take knobs of its own: any name passes then
+    check_model_hparams(model, hparams, others=TRAIN_HPARAMS if isinstance(
+        optimizer, Transform) else None, note=" and the optimizer takes none")
     _check_members(key, data, hparams, model.hparams)
     _probe(model, data.x_train.shape[-2:], data.x_train.dtype)
     if weight is not None:
@@ -643,12 +639,20 @@ def _check_members(key: Array, data: Dataset, hparams: Mapping[str, Array],
                          f"{m}; got " + ", ".join(f"{k}: {s}" for k, s in wrong.items()) + ".")
 
 
-def check_model_hparams(model: Model, hparams: Mapping[str, Any]) -> None:
+def check_model_hparams(model: Model, hparams: Mapping[str, Any], *,
+                        others: Sequence[str] | None = None, note: str = "") -> None:
     """Run the model's own range checks on every concrete per-member value.
 
     ``init`` checks a Python value but not a traced one, and inside ``fit``
-    every value is traced: check each distinct value here, shapes only.
+    every value is traced: check each distinct value here, shapes only. Given
+    ``others``, a name that is neither the model's knob nor one of them is
+    refused (``note`` ends the message); None lets any other name through.
     """
+    if others is not None:
+        unknown = sorted(set(hparams) - set(model.hparams) - set(others))
+        if unknown:
+            raise ValueError(f"hparams {unknown} are not knobs of this model "
+                             f"(allowed: {[*model.hparams, *others]}){note}.")
     key = jax.random.key(0)
     for name in set(hparams) & set(model.hparams):
         if not is_concrete(hparams[name]):

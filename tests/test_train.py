@@ -357,6 +357,9 @@ def test_wrong_loss_for_the_task(reg_data, cls_data):
         fit(linear(2, n_out=3), cls_data, key=key, loss="bce")
     with pytest.raises(ValueError, match="n_out == n_classes"):
         fit(linear(2, n_out=3), cls_data, key=key, loss="ce")
+    with pytest.raises(ValueError, match=r"hparams \['widht'\] are not knobs of this model "
+                       r"\(allowed: \['n_inputs', 'input_noise'\]\) and the optimizer"):
+        fit(linear(1), reg_data, key=key, hparams={"widht": 2.0})
     for name in ("key", "train_weight"):  # fit's own: overwritten or unchecked otherwise
         with pytest.raises(ValueError, match=rf"hparams \['{name}'\] are reserved"):
             fit(linear(1), reg_data, key=key, hparams={name: jnp.ones(1)})
