@@ -9,6 +9,7 @@ P_k computed by hand on a 15-epoch curve. Curve values are dyadic where they mee
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -384,8 +385,6 @@ def test_a_member_stopped_before_any_improvement_keeps_its_stop_epochs_parameter
     """All-NaN validation targets: the rule stops the member with no best to restore.
     In a batch the others train on; its returned parameters are still those it had
     when it stopped (as when it runs alone), not what the later steps made of them."""
-    import dataclasses
-
     datas, _, _ = stopped_runs
     blind = dataclasses.replace(datas[0], y_val=jnp.full_like(datas[0].y_val, jnp.nan))
     keys = jax.random.split(jax.random.key(1), 2)
@@ -397,8 +396,6 @@ def test_a_member_stopped_before_any_improvement_keeps_its_stop_epochs_parameter
 
 
 def test_a_validation_monitor_without_validation_points_is_refused():
-    import dataclasses
-
     d = _noisy_cos(1)
     empty = dataclasses.replace(d, x_val=d.x_val[:0], y_val=d.y_val[:0], f_val=d.f_val[:0])
     with pytest.raises(ValueError, match=r"monitor='val_loss' needs validation points.*n_val=0"):
