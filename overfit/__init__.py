@@ -44,7 +44,8 @@ from overfit.train import FitResult, History, evaluate, fit, objective
 __version__ = "0.1.0"
 
 __all__ = [
-    "CurveDisplay", "FitDisplay", "save_figure",
+    "ComparisonDisplay", "CurveDisplay", "FitDisplay", "HistogramDisplay", "divergence_note",
+    "panels", "save_figure",
     "REAL_DATASETS", "SHAPES", "TARGETS", "Dataset", "bootstrap_indices", "classification",
     "linear_data", "make_classification_preset", "real", "regression", "resample", "sphere",
     "subsample",
@@ -57,7 +58,8 @@ __all__ = [
     "decompose", "theory", "Term", "Bootstrap", "bootstrap_bias_variance",
 ]
 
-_PLOTTING = ("CurveDisplay", "FitDisplay", "save_figure")
+_PLOTTING = ("ComparisonDisplay", "CurveDisplay", "FitDisplay", "HistogramDisplay",
+             "divergence_note", "panels", "save_figure")
 
 
 def __getattr__(name: str):

@@ -15,10 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
-
-if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
-    matplotlib.use("Agg")  # headless machines (CI, the demo) have no screen
-
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -31,13 +27,13 @@ def _axes(ax: plt.Axes | None) -> plt.Axes:
 
 
 def _finish(display: Any, ax: plt.Axes, *, xlabel: str = "", ylabel: str = "",
-            title: str | None = None) -> Any:
+            title: str | None = None, legend_title: str | None = None) -> Any:
     """Label the axes, add the legend, store ``ax_``/``figure_``; return the display."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.legend(frameon=False, fontsize="small")
+    ax.legend(frameon=False, fontsize="small", title=legend_title, title_fontsize="small")
     display.ax_, display.figure_ = ax, ax.figure
     return display
 
@@ -72,17 +68,36 @@ def _set_log(ax: plt.Axes, axis: str, values: np.ndarray) -> None:
     """A log scale on ``axis``, or symlog when some values are 0 or negative (a log
     scale would drop them without a word). Its linear part reaches the most negative
     value (a quartile of a gap dipping below 0 is noise around 0, not decades of
-    it), or the smallest positive value when none is negative."""
+    it), or the smallest positive value when none is negative, and at least a
+    thousandth of the largest magnitude (a dip of 1e-9 would otherwise open six
+    empty decades). With no finite value at all the axis stays linear: a log
+    axis with nothing on it cannot be drawn (every run diverged)."""
     finite = values[np.isfinite(values)]
+    if not finite.size:
+        return
     setter = ax.set_xscale if axis == "x" else ax.set_yscale
-    if not finite.size or finite.min() > 0:
+    if finite.min() > 0:
         setter("log")
         return
     positive = finite[finite > 0]
-    reach = -finite.min() if finite.min() < 0 else (positive.min() if positive.size else 1.0)
-    setter("symlog", linthresh=float(reach))
-    if finite.min() < 0:  # autoscaling pads symlog by whole decades of nothing
-        (ax.set_xlim if axis == "x" else ax.set_ylim)(-1.5 * reach, None)
+    dip = -finite.min() if finite.min() < 0 else 0.0
+    reach = dip or (positive.min() if positive.size else 1.0)
+    setter("symlog", linthresh=float(max(reach, 1e-3 * np.abs(finite).max())))
+    if dip:  # autoscaling pads symlog by whole decades of nothing
+        (ax.set_xlim if axis == "x" else ax.set_ylim)(-1.5 * dip, None)
+
+
+def _isolated(values: np.ndarray) -> np.ndarray:
+    """Finite entries with no finite neighbour: a line through them draws nothing."""
+    finite = np.isfinite(values)
+    before = np.concatenate([[False], finite[:-1]])
+    after = np.concatenate([finite[1:], [False]])
+    return finite & ~before & ~after
+
+
+# vertical markers (thresholds, stop epochs) in greys and dash patterns: the curves use
+# the colour cycle, and a red threshold beside a red curve read as one of them
+_MARKER_STYLES = (":", "-.", (0, (5, 2, 1, 2, 1, 2)), (0, (1, 3)))
 
 
 class CurveDisplay:
@@ -125,6 +140,8 @@ class CurveDisplay:
         self.best_mode = check_choice("best_mode", best_mode, ("min", "max"))
         self.x = np.asarray(x, float).reshape(-1)
         n_x = self.x.size
+        if n_x == 0:
+            raise ValueError("x is empty; allowed: one or more abscissae (an epoch, a degree).")
         self.curves = {k: _columns(f"curves[{k!r}]", v, n_x) for k, v in curves.items()}
         self.errors = {k: np.asarray(v, float) for k, v in (errors or {}).items()}
         for k, v in self.errors.items():
@@ -200,14 +217,20 @@ class CurveDisplay:
         x, drawn = self.x[order], []
         for name in self.curves:
             mid, low, high = (a[order] for a in self.summary(name))
-            (line,) = ax.plot(x, mid, label=name, **dict(line_kw or {}))
+            (line,) = ax.plot(x, mid, **{"label": name, **dict(line_kw or {})})
             self.lines_[name] = line
             drawn.append(mid)
-            if band and (self.curves[name].shape[1] > 1 or name in self.errors):
+            spread = band and (self.curves[name].shape[1] > 1 or name in self.errors)
+            if spread:
                 self.bands_[name] = ax.fill_between(
                     x, low, high, alpha=0.25, color=line.get_color(), lw=0
                 )
                 drawn += [low, high]
+            alone = _isolated(mid)
+            if alone.any():  # one x, or a point between diverged ones: a dot, not nothing
+                yerr = np.stack([mid - low, high - mid])[:, alone] if spread else None
+                ax.errorbar(x[alone], mid[alone], yerr=yerr, fmt="o", ms=4, capsize=2,
+                            color=line.get_color())
         self.best_line_ = None
         i = self._best_index()
         if i is not None:
@@ -220,7 +243,8 @@ class CurveDisplay:
             spots = [float(v) for v in np.atleast_1d(np.asarray(where, dtype=object))
                      if v is not None and np.isfinite(float(v))]
             for j, xv in enumerate(spots):
-                ax.axvline(xv, color=f"C{i + 3}", ls=":", lw=1, label=label if j == 0 else None)
+                ax.axvline(xv, color="0.35", ls=_MARKER_STYLES[i % len(_MARKER_STYLES)], lw=1.2,
+                           label=label if j == 0 else None)
         scale = _x_scale(self.x, logx)
         if scale == "symlog":
             _set_log(ax, "x", self.x)
@@ -305,11 +329,14 @@ class FitDisplay:
                                         label="train")
         self.val_points_ = ax.scatter(self.x_val, self.y_val, facecolor="none", edgecolor="C3",
                                       zorder=3, s=50, label="validation")
-        if ylim is None:
-            ys = np.concatenate([self.y_train, self.y_val])
-            pad = 0.6 * max(np.ptp(ys), 1e-9)
+        ys = np.concatenate([self.y_train, self.y_val])
+        ys = ys[np.isfinite(ys)]
+        if ylim is None and ys.size:
+            # one point (or equal ones) still gets a window the curves can be seen in
+            pad = 0.6 * np.ptp(ys) if np.ptp(ys) > 0 else 0.5 * max(abs(ys[0]), 1.0)
             ylim = (ys.min() - pad, ys.max() + pad)
-        ax.set_ylim(*ylim)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         return _finish(self, ax, xlabel="x", ylabel="y", title=self.title)
 
 
@@ -336,14 +363,17 @@ class ComparisonDisplay:
         pos = np.arange(len(self.names))
         self.bars_, drawn = {}, []
         for i, (label, v) in enumerate(self.values.items()):
-            mean, std = np.nanmean(v, axis=1), np.nanstd(v, axis=1)
+            with warnings.catch_warnings():  # a setting whose every run diverged stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, std = np.nanmean(v, axis=1), np.nanstd(v, axis=1)
             self.bars_[label] = ax.bar(pos + (i - (len(self.values) - 1) / 2) * width,
                                        mean, width, yerr=std, capsize=3, label=label)
             drawn += [mean - std, mean + std]
         ax.set_xticks(pos, self.names, rotation=20, ha="right")
         if logy:  # symlog where an error bar reaches 0 or below, as CurveDisplay
             _set_log(ax, "y", np.concatenate(drawn) if drawn else np.zeros(0))
-        return _finish(self, ax, ylabel=self.ylabel, title=self.title)
+        return _finish(self, ax, ylabel=self.ylabel, title=self.title,
+                       legend_title="mean, +/- 1 std over runs")
 
 
 class HistogramDisplay:
@@ -352,13 +382,14 @@ class HistogramDisplay:
 
     def __init__(self, samples: Mapping[str, Any], *, xlabel: str = "", title: str | None = None):
         self.samples = {k: np.ravel(np.asarray(v, float)) for k, v in samples.items()}
+        # NaN (a diverged member's epoch) has no bin: left out
+        self.samples = {k: v[np.isfinite(v)] for k, v in self.samples.items()}
         self.xlabel, self.title = xlabel, title
 
     def plot(self, ax: plt.Axes | None = None, *, bins: int = 20) -> HistogramDisplay:
         """Overlaid histograms on shared bins; returns self with ``patches_``."""
         ax = _axes(ax)
-        every = np.concatenate(list(self.samples.values()))
-        every = every[np.isfinite(every)]
+        every = np.concatenate([np.zeros(0), *self.samples.values()])
         if every.size and np.all(every == np.round(every)):
             # equal-width bins off the integers would hold 1 and 2 values in turn: a
             # flat distribution drawn as a comb

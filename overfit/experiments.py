@@ -604,13 +604,14 @@ def dropout(scenario: Scenario) -> tuple[Rows, Figures]:
     gap = (values[f"train_{metric}"] - values[f"val_{metric}"]) * (1 if train_first else -1)
     fig, axes = panels(2, size=(5.5, 4), title=scenario.title or "Dropout")
     CurveDisplay(epochs, {f"drop_rate {r:g}": val[i].T for i, r in enumerate(rates)},
-                 xlabel="epoch", ylabel=f"validation {metric}", title="validation per epoch"
+                 xlabel="epoch", ylabel=f"validation {metric} (mean over seeds)",
+                 title="validation per epoch"
                  ).plot(ax=axes[0], band=False)
     CurveDisplay(rates, {"train": values[f"train_{metric}"].reshape(shape),
                          "validation": values[f"val_{metric}"].reshape(shape),
                          "gap (train - validation)" if train_first
                          else "gap (validation - train)": gap.reshape(shape)},
-                 xlabel="drop_rate", ylabel=metric, title="after training",
+                 xlabel="drop_rate", ylabel=f"{metric} (mean, 1 std)", title="after training",
                  note=_note(values)).plot(ax=axes[1])
     rows = _rows({"drop_rate": rates, "seed": range(n_seeds)}, {**values, "gap": gap})
     return rows, {"dropout": fig}
@@ -626,7 +627,8 @@ def validation_curve(scenario: Scenario) -> tuple[Rows, Figures]:
     curves = {"train": values[f"train_{name}"].reshape(shape),
               "validation": values[f"val_{name}"].reshape(shape)}
     fig, (ax,) = panels(1, size=(6, 4.2))
-    CurveDisplay(lams, curves, xlabel="L2 strength lambda", ylabel=name, best="validation",
+    CurveDisplay(lams, curves, xlabel="L2 strength lambda", ylabel=f"{name} (median, quartiles)",
+                 best="validation",
                  best_mode="max" if name == "accuracy" else "min", center="median",
                  note=_note(values),
                  title=scenario.title or "Validation curve").plot(ax=ax, logy=name == "mse")
@@ -680,7 +682,8 @@ def learning_curves(scenario: Scenario) -> tuple[Rows, Figures]:
                      ylabel=f"{name} (median, quartiles)", center="median",
                      title=f"{column} {cap}").plot(ax=axes[i], logy=name == "mse")
     CurveDisplay(sizes, gaps, xlabel="n_train", center="median", note=_note(values),
-                 ylabel=f"generalisation gap ({name})", title="the gap more data closes"
+                 ylabel=f"generalisation gap ({name}; median, quartiles)",
+                 title="the gap more data closes"
                  ).plot(ax=axes[-1], logy=name == "mse")
     return rows, {"learning_curves": fig}
 
@@ -1155,7 +1158,7 @@ def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
     shown = sorted({int(round(i)) for i in np.linspace(0, len(caps) - 1, 4)})
     CurveDisplay(np.asarray(result.epochs),
                  {f"{model.capacity} {caps[i]} ({x[i]:.2g}x)": history[i].T for i in shown},
-                 xlabel="epoch", ylabel=f"validation {name}", title="epoch-wise"
+                 xlabel="epoch", ylabel=f"validation {name} (mean, 1 std)", title="epoch-wise"
                  ).plot(ax=axes[1])
     return _rows({model.capacity: caps, "seed": range(n_seeds)}, values), {
         "double_descent": fig}
@@ -1174,10 +1177,11 @@ def _double_descent_figure(scenario, values, curves, noises, sample_wise, isotro
     xlabel = ("n_train (threshold at n = parameters)" if sample_wise
               else "parameters / n_train")
     fig, axes = panels(3, size=(5, 4), title=scenario.title or "Double descent")
+    # on every panel: the risk peaks, the training error reaches 0 and the norm peaks there
+    at = {"interpolation threshold": 1.0 if not sample_wise else threshold}
     risk = CurveDisplay(x, {k: v["test_risk"] for k, v in curves.items()}, center="median",
                         xlabel=xlabel, ylabel="test risk (median, quartiles)",
-                        markers={"interpolation threshold": 1.0 if not sample_wise
-                                 else threshold}).plot(ax=axes[0], logy=True)
+                        markers=at).plot(ax=axes[0], logy=True)
     if isotropic:
         grid_x = np.linspace(x.min(), x.max(), 400)
         p, n = (threshold, grid_x) if sample_wise else (grid_x * n_fit, n_fit)
@@ -1195,9 +1199,11 @@ def _double_descent_figure(scenario, values, curves, noises, sample_wise, isotro
         risk.ax_.set_ylim(top=30 * top + 1)
         risk.ax_.legend(frameon=False, fontsize="small")
     CurveDisplay(x, {k: v["train_mse"] for k, v in curves.items()}, center="median",
-                 xlabel=xlabel, ylabel="training MSE").plot(ax=axes[1])
+                 xlabel=xlabel, ylabel="training MSE (median, quartiles)",
+                 markers=at).plot(ax=axes[1])
     CurveDisplay(x, {k: v["coef_norm2"] for k, v in curves.items()}, center="median",
-                 xlabel=xlabel, ylabel="|coefficients|^2").plot(ax=axes[2], logy=True)
+                 xlabel=xlabel, ylabel="|coefficients|^2 (median, quartiles)",
+                 markers=at).plot(ax=axes[2], logy=True)
     return fig
 
 

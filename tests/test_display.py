@@ -6,11 +6,17 @@ means, spreads and optima are worked out by hand.
 
 from __future__ import annotations
 
+import io
+import os
+import subprocess
+import sys
+import warnings
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from overfit.display import ComparisonDisplay, CurveDisplay, HistogramDisplay
+from overfit.display import ComparisonDisplay, CurveDisplay, FitDisplay, HistogramDisplay
 from overfit.train import FitResult, History
 
 NAN = np.nan
@@ -106,11 +112,108 @@ def test_a_log_y_axis_keeps_zero_and_negative_values():
     assert positive.ax_.get_yscale() == "log"
 
 
+def test_a_dip_of_a_billionth_below_zero_opens_no_empty_decades():
+    """The linear part of a symlog axis reached only the dip (1e-9): six empty decades
+    took most of the learning-curve gap panel. It reaches a thousandth of the top now."""
+    gap = [[1.5, 0.3, 2.0], [0.2, 0.1, 0.3], [0.004, -1e-9, -1e-9]]
+    d = CurveDisplay([15, 50, 400], {"gap": gap}, center="median").plot(logy=True)
+    # a thousandth of the largest value drawn: the upper quartile at x=15, 1.75
+    assert d.ax_.yaxis.get_transform().linthresh == pytest.approx(1.75e-3)
+    assert d.ax_.get_ylim()[0] == pytest.approx(-1.5e-9)
+
+
+def _png(display) -> bytes:
+    buffer = io.BytesIO()
+    display.figure_.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("logy", [False, True])
+def test_a_log_axis_with_nothing_finite_stays_linear_and_saves(logy):
+    """Every run diverged: a log y axis over nothing raised inside savefig, after the
+    scenario's numbers were computed and before they were written."""
+    d = CurveDisplay([1, 2, 3], {"v": np.full((3, 2), NAN)}, note="2 of 2 runs diverged"
+                     ).plot(logy=logy)
+    assert d.ax_.get_yscale() == "linear"
+    bars = ComparisonDisplay(["a", "b"], {"v": np.full((2, 2), NAN)}).plot(logy=logy)
+    assert _png(d).startswith(b"\x89PNG") and _png(bars).startswith(b"\x89PNG")
+
+
+def test_a_point_with_no_finite_neighbour_is_drawn_as_a_dot():
+    """A line through one x (or between diverged points) draws nothing: the curve was
+    in the legend and nowhere on the axes."""
+    one = CurveDisplay([5], {"train": [[0.2, 0.25, 0.22]]}, center="median").plot()
+    (dots,) = [c for c in one.ax_.containers]  # the errorbar: the dot and its quartiles
+    np.testing.assert_allclose(dots.lines[0].get_xydata(), [[5.0, 0.22]])
+    assert dots.lines[0].get_color() == one.lines_["train"].get_color()
+    gaps = CurveDisplay([1, 2, 3, 4, 5], {"v": [NAN, 0.5, NAN, 0.6, 0.7]}).plot()
+    (dots,) = gaps.ax_.containers
+    np.testing.assert_allclose(dots.lines[0].get_xydata(), [[2.0, 0.5]])  # 4-5 is a line
+
+
+def test_markers_are_grey_not_a_curves_colour():
+    """The 4th curve and the first marker were both C3: a red threshold beside a red
+    curve read as one of them."""
+    curves = {f"c{i}": [1.0, 2.0] for i in range(5)}
+    d = CurveDisplay([1, 2], curves, markers={"threshold": 1.5, "stop": 1.2}).plot()
+    marks = [line for line in d.ax_.lines if line.get_label() in ("threshold", "stop")]
+    assert [line.get_color() for line in marks] == ["0.35", "0.35"]
+    assert len({str(line.get_linestyle()) for line in marks}) == 2
+    colours = {line.get_color() for name, line in d.lines_.items()}
+    assert "0.35" not in colours
+
+
+def test_line_kw_may_rename_a_curve():
+    d = CurveDisplay([1, 2], {"a": [1.0, 2.0]}).plot(line_kw={"label": "renamed", "lw": 3})
+    assert d.lines_["a"].get_label() == "renamed" and d.lines_["a"].get_linewidth() == 3
+
+
+def test_no_abscissae_is_refused_by_name():
+    with pytest.raises(ValueError, match="x is empty"):
+        CurveDisplay([], {"a": []})
+
+
+def test_fit_display_frames_one_point_and_skips_nan():
+    one = FitDisplay([0.5], [1.0], [], [], [0.0, 1.0], {"c": [0.0, 2.0]}).plot()
+    low, high = one.ax_.get_ylim()
+    assert (low, high) == pytest.approx((0.5, 1.5))  # the curve's middle is in view
+    gap = FitDisplay([1, 2], [1.0, NAN], [1], [3.0], [0, 1, 2], {"c": [0, 1, 2]}).plot()
+    assert gap.ax_.get_ylim() == pytest.approx((1.0 - 1.2, 3.0 + 1.2))
+
+
+def test_all_nan_samples_make_an_empty_histogram_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = HistogramDisplay({"stop": [NAN] * 3, "best": [2, 3, 3]}).plot()
+    assert sum(p.get_height() for p in d.patches_["stop"]) == 0
+    assert sum(p.get_height() for p in d.patches_["best"]) == 3
+
+
+def test_importing_the_displays_leaves_the_users_backend_alone():
+    """display.py switched to Agg whenever $DISPLAY was unset (macOS, Windows): a desktop
+    user's plt.show() went silent."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND")}
+    code = ("import matplotlib; matplotlib.use('svg'); import overfit as of; of.CurveDisplay; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "svg"
+
+
+def test_every_display_is_a_lazy_attribute_of_the_package():
+    import overfit as of
+    from overfit import display
+
+    for name in ("ComparisonDisplay", "CurveDisplay", "FitDisplay", "HistogramDisplay",
+                 "divergence_note", "panels", "save_figure"):
+        assert getattr(of, name) is getattr(display, name) and name in of.__all__
+
+
 def test_a_marker_without_a_position_is_left_out():
     """The best epoch of a run where every member diverged is None: it crashed the plot."""
     d = CurveDisplay([1, 2], {"a": [NAN, NAN]}, markers={"m": None, "k": [1.5, NAN]}).plot()
-    dotted = [line for line in d.ax_.lines if line.get_linestyle() == ":"]
-    assert [tuple(line.get_xdata()) for line in dotted] == [(1.5, 1.5)]
+    marks = [line for line in d.ax_.lines if line.get_color() == "0.35"]
+    assert [tuple(line.get_xdata()) for line in marks] == [(1.5, 1.5)]
 
 
 def test_integer_samples_get_bins_of_equally_many_integers():
