@@ -517,18 +517,27 @@ def capacity_curve(scenario: Scenario) -> tuple[Rows, Figures]:
 
 
 def _history_rows(result: FitResult, **extra: np.ndarray) -> Rows:
-    """One row per (member, evaluation) of a fit's history."""
+    """One row per (member, evaluation) of a fit's history, with each member's
+    ``returned_epoch`` (of the parameters fit returned: the last one without a
+    stopping rule) and ``val_loss_min_epoch`` (the lesson's "stop here"; -1 when
+    no validation loss is finite)."""
     metric, h = result.metric, result.history
     columns = {"train_loss": h.train_loss, "val_loss": h.val_loss,
                f"train_{metric}": h.train_metric, f"val_{metric}": h.val_metric}
     columns = {k: np.asarray(v) for k, v in columns.items()}
-    best = np.asarray(result.best_epoch) + 1
+    epochs = np.asarray(result.epochs)
+    returned = np.asarray(result.best_epoch) + 1
+    val = columns["val_loss"]
+    finite = np.isfinite(val).any(axis=1)
+    minimum = np.where(finite, epochs[np.argmin(np.where(np.isfinite(val), val, np.inf), axis=1)],
+                       -1)
     diverged = np.asarray(result.diverged_epoch)
     diverged = np.where(diverged >= 0, diverged + 1, -1)  # 1-based like the epochs
     return [{**{k: v[m].item() for k, v in extra.items()}, "member": m, "epoch": int(e),
-             **{k: float(v[m, i]) for k, v in columns.items()}, "best_epoch": int(best[m]),
+             **{k: float(v[m, i]) for k, v in columns.items()},
+             "returned_epoch": int(returned[m]), "val_loss_min_epoch": int(minimum[m]),
              "diverged_epoch": int(diverged[m])}
-            for m in range(len(best)) for i, e in enumerate(np.asarray(result.epochs))]
+            for m in range(len(returned)) for i, e in enumerate(epochs)]
 
 
 def training_curves(scenario: Scenario) -> tuple[Rows, Figures]:

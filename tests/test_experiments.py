@@ -94,6 +94,24 @@ def test_adamw_decays_exactly_train_weight_decay_and_never_an_mlp_bias(decay):
     np.testing.assert_array_equal(updates["layers"][0]["b"], 0.0)
 
 
+def test_history_rows_name_the_returned_epoch_and_the_validation_minimum():
+    """training_curves' table called the last epoch (fit's returned parameters without a
+    stopping rule) 'best_epoch' while its figure marked the validation minimum."""
+    from overfit.train import FitResult, History
+
+    val = np.array([[5.0, 4.0, 4.5, 6.0], [7.0, 8.0, 6.0, 9.0], [np.nan] * 4])
+    history = History(val, val, val, val)
+    m = np.zeros(3)
+    result = FitResult({}, {}, history, np.array([7, 7, 7]), m, m, m, np.array([-1, -1, 0]),
+                       m, "mse", 2)  # evaluations at epochs 2, 4, 6, 8
+    rows = experiments._history_rows(result)
+    first = {r["member"]: r for r in rows if r["epoch"] == 2}
+    assert [first[i]["returned_epoch"] for i in range(3)] == [8, 8, 8]
+    assert [first[i]["val_loss_min_epoch"] for i in range(3)] == [4, 6, -1]
+    assert [first[i]["diverged_epoch"] for i in range(3)] == [-1, -1, 1]
+    assert "best_epoch" not in first[0]
+
+
 def test_the_variance_split_of_a_binary_classifier_is_in_probability_units():
     """The split's two terms sit beside the 0-1 loss and, for K classes, are variances of
     a probability: a binary model's one logit goes through the sigmoid first (its
