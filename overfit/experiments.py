@@ -826,22 +826,25 @@ def predictions(model: models.Model, result, x: jax.Array) -> jax.Array:
 
 def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
                n_inits: int) -> dict[str, Any]:
-    """Terms of one grid point from its ``(S * m, n, ...)`` predictions."""
+    """Terms of one grid point from its ``(S * m, n, ...)`` predictions, in their
+    precision (a float64 solve's terms are not rounded to float32)."""
     f = data.f_test[0]
-    if data.task == "regression":  # the m inits of one set are alike: not S * m draws
-        flat = preds
-        nested = jnp.asarray(preds).reshape(-1, n_inits, preds.shape[-1])
-        terms = dict(zip(("expected test error", "bias2", "variance", "noise"),
-                         decompose.squared_nested(nested, f=f, noise=noise_var)))
-    else:
-        terms = decompose.classifier(preds, f)  # KW terms: table only
-        # the split below is of the last class's probability (a logit is no probability)
-        flat = jax.nn.softmax(decompose.class_logits(preds), axis=-1)[..., -1]
-    if n_inits > 1:
-        split = decompose.variance_split(jnp.asarray(flat).reshape(-1, n_inits, flat.shape[1]))
-        terms |= {"variance from initialisation": split.init,
-                  "variance from training sets": split.sampling}
-    return terms
+    with jax.enable_x64(preds.dtype == np.float64):
+        if data.task == "regression":  # the m inits of one set are alike: not S * m draws
+            flat = jnp.asarray(preds)
+            nested = flat.reshape(-1, n_inits, preds.shape[-1])
+            terms = dict(zip(("expected test error", "bias2", "variance", "noise"),
+                             decompose.squared_nested(nested, f=f, noise=noise_var)))
+        else:
+            terms = decompose.classifier(preds, f)  # KW terms: table only
+            # the split below is of the last class's probability (a logit is no probability)
+            flat = jax.nn.softmax(decompose.class_logits(preds), axis=-1)[..., -1]
+        if n_inits > 1:
+            split = decompose.variance_split(flat.reshape(-1, n_inits, flat.shape[1]))
+            terms |= {"variance from initialisation": split.init,
+                      "variance from training sets": split.sampling}
+        # as numpy: a float64 jax array used outside x64 mode warns at every operation
+        return jax.tree.map(np.asarray, terms)
 
 
 def bias_variance(scenario: Scenario) -> tuple[Rows, Figures]:

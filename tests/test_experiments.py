@@ -112,6 +112,24 @@ def test_history_rows_name_the_returned_epoch_and_the_validation_minimum():
     assert "best_epoch" not in first[0]
 
 
+def test_float64_predictions_are_decomposed_in_float64():
+    """A float64 solve's predictions were decomposed after a cast to float32: at an output
+    of ~1000 (ulp 6e-5) a variance of 1e-8 came out as rounding noise."""
+    import overfit as of
+
+    one = of.regression(jax.random.key(0), target="line", n_train=5, n_val=0, n_test=30)
+    data = jax.tree.map(lambda a: a[None], one)
+    rng = np.random.default_rng(0)
+    preds = 1000.0 + 1e-4 * rng.standard_normal((8 * 2, 30))
+    terms = experiments._decompose(data, preds, 0.25, n_inits=2)
+    nested = preds.reshape(8, 2, 30)
+    per_set = nested.mean(axis=1)
+    within = nested.var(axis=1, ddof=1).mean(axis=0)
+    want = (per_set.var(axis=0, ddof=1) + within / 2).mean()  # between sets + init (m=2)
+    assert float(terms["variance"].value) == pytest.approx(want, rel=1e-9)
+    assert float(terms["noise"].value) == 0.25
+
+
 def test_the_variance_split_of_a_binary_classifier_is_in_probability_units():
     """The split's two terms sit beside the 0-1 loss and, for K classes, are variances of
     a probability: a binary model's one logit goes through the sigmoid first (its
