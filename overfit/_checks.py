@@ -60,6 +60,8 @@ def check_range(
     """
     if not is_concrete(value):
         return value
+    if isinstance(value, (str, bytes)):  # np.asarray("0.1", float) would take it
+        raise ValueError(f"{field}={value!r} must be a number, not a string.")
     arr = np.asarray(value, dtype=float)
     if whole and np.any(np.isfinite(arr) & (arr != np.round(arr))):
         raise ValueError(f"{field}={value!r} must be a whole number (or whole numbers).")

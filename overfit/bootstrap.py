@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from overfit import decompose
@@ -13,7 +16,23 @@ from overfit._checks import check_choice, check_int, check_range
 from overfit.data import Dataset, resample
 from overfit.models import Model
 from overfit.solve import fit_linear
-from overfit.train import check_model_hparams, default_loss, fit
+from overfit.train import check_inputs, check_model_hparams, default_loss, fit
+
+_OWN = ("model", "data", "key", "hparams", "weight")  # fit's arguments a bootstrap sets
+_MLXTEND = {"num_rounds": "rounds", "random_seed": "key"}  # mlxtend's names for ours
+
+
+def _check_fit_kwargs(fit_kwargs: dict[str, Any]) -> None:
+    """Refuse, by name, what ``fit`` would not take or the resampling would break."""
+    if "weight" in fit_kwargs:
+        raise ValueError("weight is per training row and a bootstrap resamples the rows (the "
+                         "weights would not follow them): keep only the rows you want in data.")
+    allowed = set(inspect.signature(fit).parameters) - set(_OWN)
+    for name in fit_kwargs:
+        if name not in allowed:
+            hint = f" (mlxtend's {name}: use {_MLXTEND[name]}=)" if name in _MLXTEND else ""
+            raise ValueError(f"unknown argument {name!r}{hint}; fit options allowed: "
+                             f"{sorted(allowed)}.")
 
 
 class Bootstrap(NamedTuple):
@@ -58,16 +77,26 @@ def bootstrap_bias_variance(model: Model, data: Dataset, *, key: Array, rounds: 
         :class:`Bootstrap`. Regression terms: ``loss``, ``bias2``, ``variance``,
         ``noise`` (``loss = bias2 + variance + noise``). Classification, against
         the test labels: :func:`overfit.decompose.classifier`'s (0-1 with
-        Domingos' net variance, cross-entropy of the logits, Kohavi-Wolpert).
+        Domingos' net variance, Kohavi-Wolpert, and the cross-entropy of the
+        logits when ``loss`` is ``"bce"`` or ``"ce"``: a square loss on one-hot
+        targets trains no logits).
     """
     rounds = check_int("rounds", rounds, lo=2)
     check_choice("method", method, ("gradient", "closed_form"))
+    _check_fit_kwargs(fit_kwargs)
+    if data.x_test.shape[-2] == 0:
+        raise ValueError("data has no test points (n_test=0): the terms are averages over "
+                         "the test split.")
     task = data.task
     if noise is not None:
         if task != "regression":
             raise ValueError("noise is the noise variance of regression targets; "
                              f"the data set is {task!r}: leave noise=None.")
         check_range("noise", noise, lo=0.0)
+        if noise > 0 and bool(jnp.array_equal(data.f_test, data.y_test)):
+            raise ValueError(f"noise={noise!r}, but data.f_test equals data.y_test (no known "
+                             "truth: a real data set, or noise-free targets); the noise would "
+                             "be counted twice: leave noise=None.")
     loss = fit_kwargs.get("loss") or default_loss(model, data)
     if task == "classification":
         if method == "closed_form":
@@ -76,7 +105,7 @@ def bootstrap_bias_variance(model: Model, data: Dataset, *, key: Array, rounds: 
         if loss == "mse":  # its one output scores the 0/1 label: no logit to decompose
             raise ValueError("loss='mse' on class labels gives no logits to decompose: use "
                              "loss 'bce', 'ce' or 'mse_onehot' (or the default).")
-    if method == "gradient" and ridge:
+    if method == "gradient" and np.any(np.asarray(ridge) != 0):
         raise ValueError(f"ridge={ridge!r} is method='closed_form''s L2 strength; a trained "
                          "model takes its penalty from the optimizer (regularize.l2).")
     hparams = dict(hparams or {})
@@ -91,12 +120,16 @@ def bootstrap_bias_variance(model: Model, data: Dataset, *, key: Array, rounds: 
             raise ValueError(f"{sorted(fit_kwargs)} are options of method='gradient'; "
                              "method='closed_form' takes hparams and ridge.")
         check_model_hparams(model, hparams, others=())
+        check_inputs(model, data)
         state = jax.vmap(lambda k: model.init(k, **hparams)[1])(inits)
         params = jax.vmap(lambda s, d: fit_linear(model, s, d.x_train, d.y_train, ridge=ridge)
                           )(state, sets)
     preds = jax.vmap(model.apply, in_axes=(0, 0, None))(params, state, data.x_test)
     if task == "classification":
-        return Bootstrap(decompose.classifier(preds, data.y_test, ddof=ddof), preds)
+        # a square loss on one-hot targets trains near-probabilities: no logits to score
+        logits = loss in ("bce", "ce")
+        return Bootstrap(decompose.classifier(preds, data.y_test, ddof=ddof, logits=logits),
+                         preds)
     if noise is None:
         sq = decompose.squared(preds, y=data.y_test, ddof=ddof)
     else:

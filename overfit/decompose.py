@@ -300,7 +300,8 @@ def cross_entropy(probs: Array, y: Array, *, atol: float = 1e-4,
     return CrossEntropy(_term(loss), _term(bias), _term(-log_z), main)
 
 
-def classifier(outputs: Array, y: Array, *, ddof: int = 0) -> dict[str, Term]:
+def classifier(outputs: Array, y: Array, *, ddof: int = 0, logits: bool = True
+               ) -> dict[str, Term]:
     """Every classification decomposition of ``R`` classifiers' logits at once.
 
     Args:
@@ -308,6 +309,9 @@ def classifier(outputs: Array, y: Array, *, ddof: int = 0) -> dict[str, Term]:
             one logit per point ``(n_models, n_points)`` (read as the pair ``(0, z)``).
         y: labels ``(n_points,)``.
         ddof: of the Kohavi-Wolpert terms (:func:`kohavi_wolpert`).
+        logits: whether ``outputs`` are logits. False (a square loss on one-hot
+            targets trains near-probabilities, not logits): only the terms of
+            the predicted labels, no cross-entropy.
 
     Returns:
         ``"0-1 loss"``, ``"0-1 bias"``, ``"0-1 variance"``, ``"0-1 net variance"``
@@ -322,16 +326,24 @@ def classifier(outputs: Array, y: Array, *, ddof: int = 0) -> dict[str, Term]:
     labels = jnp.argmax(scores, axis=-1)
     z = zero_one(labels, y, n_classes=k)
     kw = kohavi_wolpert(labels, y, n_classes=k, ddof=ddof)
-    ce = cross_entropy(scores, y, logits=True)
-    return {"0-1 loss": z.loss, "0-1 bias": z.bias, "0-1 variance": z.variance,
-            "0-1 net variance": z.net_variance, "cross-entropy": ce.loss, "CE bias": ce.bias,
-            "CE variance": ce.variance, "KW bias2": kw.bias2, "KW variance": kw.variance}
+    terms = {"0-1 loss": z.loss, "0-1 bias": z.bias, "0-1 variance": z.variance,
+             "0-1 net variance": z.net_variance}
+    if logits:
+        ce = cross_entropy(scores, y, logits=True)
+        terms |= {"cross-entropy": ce.loss, "CE bias": ce.bias, "CE variance": ce.variance}
+    return terms | {"KW bias2": kw.bias2, "KW variance": kw.variance}
 
 
 def class_logits(outputs: Array) -> Array:
     """``(n_models, n_points, n_classes)`` logits: a binary model's one logit ``z`` per
     point ``(n_models, n_points)`` becomes the pair ``(0, z)`` (softmax: sigmoid)."""
     scores = jnp.asarray(outputs)
+    if not jnp.issubdtype(scores.dtype, jnp.floating):
+        raise ValueError(f"outputs are {scores.dtype} (predicted labels?); allowed: float "
+                         "logits. Labels go to zero_one or kohavi_wolpert.")
+    if scores.ndim not in (2, 3) or (scores.ndim == 3 and scores.shape[-1] < 2):
+        raise ValueError(f"outputs have shape {scores.shape}; allowed: (n_models, n_points) "
+                         "(a binary model's one logit) or (n_models, n_points, n_classes >= 2).")
     if scores.ndim == 2:
         scores = jnp.stack([jnp.zeros_like(scores), scores], axis=-1)
     return scores

@@ -825,9 +825,10 @@ def predictions(model: models.Model, result, x: jax.Array) -> jax.Array:
 
 
 def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
-               n_inits: int) -> dict[str, Any]:
+               n_inits: int, logits: bool = True) -> dict[str, Any]:
     """Terms of one grid point from its ``(S * m, n, ...)`` predictions, in their
-    precision (a float64 solve's terms are not rounded to float32)."""
+    precision (a float64 solve's terms are not rounded to float32). A classifier's
+    outputs are ``logits`` unless a square loss trained them toward one-hot targets."""
     f = data.f_test[0]
     with jax.enable_x64(preds.dtype == np.float64):
         if data.task == "regression":  # the m inits of one set are alike: not S * m draws
@@ -836,9 +837,11 @@ def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
             terms = dict(zip(("expected test error", "bias2", "variance", "noise"),
                              decompose.squared_nested(nested, f=f, noise=noise_var)))
         else:
-            terms = decompose.classifier(preds, f)  # KW terms: table only
-            # the split below is of the last class's probability (a logit is no probability)
-            flat = jax.nn.softmax(decompose.class_logits(preds), axis=-1)[..., -1]
+            terms = decompose.classifier(preds, f, logits=logits)  # KW terms: table only
+            # the split below is of the last class's probability (a logit is no probability;
+            # a one-hot square loss's output is its estimate)
+            flat = (jax.nn.softmax(decompose.class_logits(preds), axis=-1)[..., -1] if logits
+                    else jnp.asarray(preds)[..., -1])
         if n_inits > 1:
             split = decompose.variance_split(flat.reshape(-1, n_inits, flat.shape[1]))
             terms |= {"variance from initialisation": split.init,
@@ -942,7 +945,8 @@ def _terms(scenario: Scenario, model: models.Model, data: datasets.Dataset,
     preds = preds.reshape(n_values, -1, *preds.shape[1:])
     # only a generator knows its noise; for a fixed data set it stays inside the bias
     noise_var = scenario.data.noise**2 if scenario.data.source in ("regression", "linear") else 0.0
-    terms = [_decompose(data, p, noise_var, n_inits) for p in preds]
+    logits = trained_loss(scenario, model, data) in ("ce", "bce")
+    terms = [_decompose(data, p, noise_var, n_inits, logits) for p in preds]
     if isinstance(result, FitResult):
         # a diverged member is frozen at its last finite parameters, and its predictions
         # would enter the terms unnoticed: its grid point's terms are NaN instead

@@ -400,6 +400,11 @@ def _shares_forward(config: _Config, data: Dataset, hparams: Mapping[str, Array]
     return _probe(config.model, data.x_train.shape[-2:], data.x_train.dtype)
 
 
+def check_inputs(model: Model, data: Dataset) -> None:
+    """Refuse, by name, a model built for another number of inputs than ``data``'s."""
+    _probe(model, data.x_train.shape[-2:], data.x_train.dtype)
+
+
 @functools.lru_cache(maxsize=64)
 def _probe(model: Model, x_shape: tuple[int, ...], x_dtype: Any) -> bool:
     """Trace ``model`` once on rows of this shape, shapes only.
@@ -543,7 +548,7 @@ def fit(
     check_model_hparams(model, hparams, others=TRAIN_HPARAMS if isinstance(
         optimizer, Transform) else None, note=" and the optimizer takes none")
     _check_members(key, data, hparams, model.hparams)
-    _probe(model, data.x_train.shape[-2:], data.x_train.dtype)
+    check_inputs(model, data)
     if weight is not None:
         hparams = {**hparams, _WEIGHT: _check_weight(weight, data, batch_size, key)}
     stopper = never() if early_stopping is None else early_stopping

@@ -3,6 +3,8 @@ round trained in one call; checked against scikit-learn fits of the same resampl
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,12 +120,43 @@ def test_gradient_rounds_train_as_separate_fits_and_classify_by_their_logits():
      r"noise=-1.0 is out of range"),
     (lambda d, c: bootstrap_bias_variance(linear(1), d, key=KEY, ridge=0.1),
      r"ridge=0.1 is method='closed_form''s L2 strength"),
+    (lambda d, c: bootstrap_bias_variance(linear(1), d, key=KEY, ridge=jnp.full(3, 0.1)),
+     r"is method='closed_form''s L2 strength"),
+    # a weight given to fit by position fell on resampled rows, not the rows it named
+    (lambda d, c: bootstrap_bias_variance(linear(1), d, key=KEY, weight=jnp.ones(10)),
+     r"weight is per training row and a bootstrap resamples the rows"),
+    (lambda d, c: bootstrap_bias_variance(linear(1), d, key=KEY, num_rounds=5),
+     r"unknown argument 'num_rounds' \(mlxtend's num_rounds: use rounds=\)"),
+    (lambda d, c: bootstrap_bias_variance(linear(1), d, key=KEY, noise="0.1"),
+     r"noise='0.1' must be a number"),
+    (lambda d, c: bootstrap_bias_variance(linear(1), dataclasses.replace(d, y_test=d.f_test),
+                                          key=KEY, noise=0.1),
+     r"the noise would be counted twice"),
+    (lambda d, c: bootstrap_bias_variance(linear(1), regression(KEY, n_train=10, n_test=0),
+                                          key=KEY), r"no test points"),
+    (lambda d, c: bootstrap_bias_variance(linear(3), d, key=KEY, method="closed_form"),
+     r"does not take data.x_train rows of 1 feature"),
 ])
 def test_bad_input_is_named(call, match):
     d = regression(jax.random.key(0), n_train=10, n_test=10)
     c = classification(jax.random.key(0), n_train=10, n_test=10)
     with pytest.raises(ValueError, match=match):
         call(d, c)
+
+
+def test_a_square_loss_on_one_hot_targets_reports_no_cross_entropy():
+    """Its outputs are near-probabilities: read as logits, a perfect classifier was charged
+    a cross-entropy of ~0.31."""
+    data = classification(jax.random.key(0), shape="gauss", n_train=40, n_test=50)
+    kw = dict(optimizer=optax.adam(0.05), epochs=60)
+    square = bootstrap_bias_variance(mlp(2, (8,), n_out=2), data, key=KEY, rounds=3,
+                                     loss="mse_onehot", **kw)
+    assert "cross-entropy" not in square.terms and "CE bias" not in square.terms
+    labels = np.argmax(np.asarray(square.preds), axis=-1)
+    assert float(square.terms["0-1 loss"].value) == pytest.approx(
+        np.mean(labels != np.asarray(data.y_test)))
+    logits = bootstrap_bias_variance(mlp(2, (8,), n_out=2), data, key=KEY, rounds=3, **kw)
+    assert "cross-entropy" in logits.terms
 
 
 def test_a_batch_of_data_sets_is_refused():

@@ -242,6 +242,13 @@ def test_nested_squared_terms_are_unbiased_where_pooling_the_models_is_not():
          r"ddof=2"),
         (lambda: decompose.kohavi_wolpert(jnp.zeros((3, 5), int), jnp.zeros(5, int), flip=0.1),
          "flip needs another class"),
+        # predicted labels 2 were read as a binary logit: class 1
+        (lambda: decompose.classifier(jnp.zeros((3, 5), int), jnp.zeros(5, int)),
+         r"outputs are int32 \(predicted labels\?\)"),
+        (lambda: decompose.classifier(jnp.zeros((3, 5, 1)), jnp.zeros(5, int)),
+         r"outputs have shape \(3, 5, 1\)"),
+        (lambda: decompose.classifier(jnp.zeros(5), jnp.zeros(5, int)),
+         r"outputs have shape \(5,\)"),
     ],
 )
 def test_bad_inputs_are_rejected(call, message):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -146,6 +147,22 @@ def test_the_variance_split_of_a_binary_classifier_is_in_probability_units():
     assert float(terms["variance from training sets"].value) == pytest.approx(
         float(want.sampling.value), rel=1e-6)
     assert float(want.total.value) < 0.25
+
+
+def test_one_hot_square_loss_outputs_are_split_as_probabilities_without_cross_entropy():
+    """A square loss on one-hot targets trains near-probabilities: their softmax was
+    decomposed as if they were logits (cross-entropy ~0.31 for a perfect classifier)."""
+    import overfit as of
+
+    one = of.classification(jax.random.key(0), shape="moons", n_train=10, n_val=0, n_test=40)
+    data = jax.tree.map(lambda a: a[None], one)
+    p1 = jax.random.uniform(jax.random.key(1), (10 * 2, 40))
+    outputs = np.asarray(jnp.stack([1 - p1, p1], axis=-1))
+    terms = experiments._decompose(data, outputs, 0.0, n_inits=2, logits=False)
+    assert not any(k.startswith(("cross", "CE")) for k in terms)
+    want = of.decompose.variance_split(p1.reshape(10, 2, 40))
+    assert float(terms["variance from initialisation"].value) == pytest.approx(
+        float(want.init.value), rel=1e-6)
 
 
 def test_the_cross_entropy_of_confident_binary_logits_is_exact():
