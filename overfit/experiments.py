@@ -29,7 +29,7 @@ from overfit.display import (
     panels,
 )
 from overfit.early_stopping import EarlyStopping, patience, prechelt
-from overfit.scenario import Scenario
+from overfit.scenario import DATA_AXES, REMEDY_SETTINGS, Scenario
 from overfit.solve import fit_linear
 from overfit.static import Static
 from overfit.sweep import batch_size_for, grid, map_members, shape_groups, take
@@ -156,8 +156,6 @@ def build_model(scenario: Scenario, data: datasets.Dataset) -> models.Model:
     n_out = 1 if data.n_classes <= 2 else data.n_classes
     caps = scenario.sweep.capacity
     if m.kind == "polynomial":
-        if n_in != 1:
-            raise ValueError(f"model.kind='polynomial' needs 1-D inputs; the data has {n_in}.")
         domain = tuple(scenario.data.domain)
         return models.polynomial(max(caps, default=m.max_degree), domain=domain)
     if m.kind == "random_features":
@@ -556,9 +554,6 @@ def training_curves(scenario: Scenario) -> tuple[Rows, Figures]:
 
 def early_stopping(scenario: Scenario) -> tuple[Rows, Figures]:
     """Stop each member at its own validation minimum inside the compiled loop."""
-    if scenario.early_stopping.rule == "none":
-        raise ValueError("kind='early_stopping' needs early_stopping.rule "
-                         "(patience, GL, PQ or UP), not 'none'.")
     key_data, key_model = _keys(scenario)
     data = draw(scenario, key_data, scenario.sweep.seeds)
     model = build_model(scenario, data)
@@ -581,25 +576,9 @@ def early_stopping(scenario: Scenario) -> tuple[Rows, Figures]:
     return rows, {"early_stopping": fig}
 
 
-def _require(scenario: Scenario, field: str) -> list:
-    values = getattr(scenario.sweep, field)
-    if not values:
-        raise ValueError(f"kind={scenario.kind!r} needs sweep.{field} (a non-empty list).")
-    return values
-
-
-def _one(scenario: Scenario, field: str) -> Any:
-    """The single value of ``sweep.<field>`` (a remedy's setting, not a sweep)."""
-    values = _require(scenario, field)
-    if len(values) != 1:
-        raise ValueError(f"kind={scenario.kind!r} takes one value in sweep.{field} (the "
-                         f"remedy's setting); got sweep.{field}={values!r}.")
-    return values[0]
-
-
 def dropout(scenario: Scenario) -> tuple[Rows, Figures]:
     """Validation curves per drop rate, and the train/validation gap each leaves."""
-    rates = _require(scenario, "drop_rate")
+    rates = scenario.sweep.drop_rate
     n_seeds = scenario.sweep.seeds
     # dropout is compiled in when the constructor's rate is positive; members get their own
     scenario_q = dataclasses.replace(scenario, model=dataclasses.replace(
@@ -628,7 +607,7 @@ def dropout(scenario: Scenario) -> tuple[Rows, Figures]:
 
 def validation_curve(scenario: Scenario) -> tuple[Rows, Figures]:
     """Train and validation error over the L2 strength, the best strength marked."""
-    lams = _require(scenario, "l2")
+    lams = scenario.sweep.l2
     n_seeds = scenario.sweep.seeds
     sweep = _sweep(scenario, "l2", lams)
     values, shape = sweep.values, sweep.shape
@@ -653,7 +632,7 @@ def learning_curves(scenario: Scenario) -> tuple[Rows, Figures]:
     sizes padded to the largest (:func:`padded_sizes`); minibatch training is
     one call per size.
     """
-    sizes = _require(scenario, "n_train")
+    sizes = scenario.sweep.n_train
     n_seeds = scenario.sweep.seeds
     key_data, key_model = _keys(scenario)
     sized = draw_sized(scenario, key_data, n_seeds, sizes)
@@ -710,20 +689,9 @@ def remedies(scenario: Scenario) -> tuple[Rows, Figures]:
     per-member width, L2 strength and drop rate), more data (another shape) and
     early stopping (compiled into the loop).
     """
-    if scenario.early_stopping.rule == "none":
-        raise ValueError("kind='remedies' needs early_stopping.rule for its early-stopping arm.")
-    if scenario.model.kind != "mlp":
-        raise ValueError(f"kind='remedies' needs model.kind='mlp' (its arms change the width "
-                         f"and the drop rate); got model.kind={scenario.model.kind!r}.")
-    if scenario.data.source in ("preset", "real"):
-        raise ValueError(f"kind='remedies' needs a generating data.source (regression, linear, "
-                         f"classification) for its more-data arm; got "
-                         f"data.source={scenario.data.source!r}, a fixed data set.")
+    # one setting per remedy (scenario.REMEDY_SETTINGS, checked when the file is loaded)
     replace, n_seeds = dataclasses.replace, scenario.sweep.seeds
-    settings = {f: _one(scenario, f) for f in ("capacity", "l2", "drop_rate", "n_train")}
-    if settings["n_train"] < scenario.data.n_train:
-        raise ValueError(f"kind='remedies' adds data: sweep.n_train={[settings['n_train']]} "
-                         f"must be at least data.n_train={scenario.data.n_train}.")
+    settings = {f: getattr(scenario.sweep, f)[0] for f in REMEDY_SETTINGS}
     key_data, key_model = _keys(scenario)
     # dropout compiled in for every arm; a member's rate of 0 drops nothing
     shared = replace(scenario, sweep=replace(scenario.sweep, capacity=[]),
@@ -785,34 +753,11 @@ def _remedy_fits(scenario: Scenario, results: dict) -> Any:
     return fig
 
 
-DATA_AXES = ("n_train", "noise", "flip")
-"""Sweep fields that change the data (new draws per value; n_train: nested sets)."""
-
-DRAWN_WITH = {"noise": ("regression", "linear", "classification"), "flip": ("classification",)}
-"""The data sources that each noise knob changes (``n_train``: all, :func:`draw_sized`)."""
-
-
-def check_data_knob(scenario: Scenario, field: str) -> None:
-    """Refuse a varied data knob that ``data.source`` ignores: every value would train
-    on the same data and draw a flat curve that looks like a finding."""
-    sources = DRAWN_WITH[field]
-    if scenario.data.source not in sources:
-        raise ValueError(f"kind={scenario.kind!r} varies data.{field}, which "
-                         f"data.source={scenario.data.source!r} does not use; "
-                         f"use data.source in {list(sources)}.")
-
-
 def _sweep_axis(scenario: Scenario) -> tuple[str, list]:
-    """The swept knob of a decomposition: (sweep field, values); exactly one is allowed."""
-    fields = ("capacity", "l2", *DATA_AXES)
-    swept = [f for f in fields if getattr(scenario.sweep, f)]
-    if len(swept) != 1:
-        raise ValueError(f"kind={scenario.kind!r} draws the terms against exactly one of "
-                         f"sweep.{', sweep.'.join(fields)} (a non-empty list); got "
-                         f"{swept or 'none'}.")
-    if swept[0] in DRAWN_WITH:
-        check_data_knob(scenario, swept[0])
-    return swept[0], getattr(scenario.sweep, swept[0])
+    """The swept knob of a decomposition: (sweep field, values), the one non-empty list
+    (exactly one: checked when the file is loaded)."""
+    field = next(f for f in ("capacity", "l2", *DATA_AXES) if getattr(scenario.sweep, f))
+    return field, getattr(scenario.sweep, field)
 
 
 def predictions(model: models.Model, result, x: jax.Array) -> jax.Array:
@@ -1047,23 +992,14 @@ def double_descent(scenario: Scenario) -> tuple[Rows, Figures]:
     ``sweep.l2`` adds ridge curves (a grid axis of the same call) and
     ``sweep.noise`` one set of curves per noise level (the peak grows with it).
     """
+    # the sweeps each method takes are checked when the file is loaded
     sample_wise = bool(scenario.sweep.n_train)
     if scenario.train.method != "closed_form":
-        if sample_wise:
-            raise ValueError("kind='double_descent' sweeps sweep.n_train with "
-                             "train.method='closed_form' only (min-norm solutions).")
-        extra = [f"sweep.{f}" for f in ("noise", "l2") if getattr(scenario.sweep, f)]
-        if extra:
-            raise ValueError(f"kind='double_descent' draws {', '.join(extra)} as extra curves "
-                             "of min-norm fits only (train.method='closed_form'); a trained "
-                             "sweep takes sweep.capacity.")
         return _double_descent_trained(scenario)
-    values = scenario.sweep.n_train if sample_wise else _require(scenario, "capacity")
+    values = scenario.sweep.n_train if sample_wise else scenario.sweep.capacity
     ridges = [0.0, *scenario.sweep.l2]
     isotropic = (scenario.data.source == "linear" and scenario.data.link == "identity"
                  and scenario.model.kind == "linear")
-    if scenario.sweep.noise:
-        check_data_knob(scenario, "noise")
     noises = scenario.sweep.noise or [scenario.data.noise]
     curves: dict[tuple[float, str], dict[str, np.ndarray]] = {}
     for noise in noises:  # the noise level moves the peak: one set of curves each
@@ -1139,7 +1075,7 @@ def _double_descent_trained(scenario: Scenario) -> tuple[Rows, Figures]:
     target (``n_train x outputs``, Belkin et al. 2019); with label noise the
     test error peaks near it. Classification error is against the clean labels.
     """
-    caps = _require(scenario, "capacity")
+    caps = scenario.sweep.capacity
     n_seeds = scenario.sweep.seeds
     # one call per group of similar widths (as the min-norm curves): masked to the widest
     # of one call, a 2..512 sweep spent 512 units on every member, 4x the work

@@ -50,11 +50,36 @@ SWEEPS = {  # the sweep lists each kind reads (overfit.experiments); others are 
     "bias_variance": ("capacity", "l2", "n_train", "noise", "flip"),
     "double_descent": ("capacity", "n_train", "l2", "noise"),
 }
-# label-noise knobs and the one source that reads each (overfit.experiments.draw): set for
-# another source, the figure would claim a noise level its data never had
+# the data fields each source reads (overfit.experiments.draw): another field set for it
+# would be ignored, and a figure would claim a noise level or size its data never had
+_GENERATED = ("source", "n_train", "n_val", "n_test", "noise")
+SOURCE_FIELDS = {
+    "regression": (*_GENERATED, "target", "x_dist", "domain"),
+    "classification": (*_GENERATED, "shape", "flip"),
+    "linear": (*_GENERATED, "p", "r2", "link"),
+    "preset": ("source", "flip_y"),
+    "real": ("source", "name", "label_noise", "val_frac", "test_frac"),
+}
 LABEL_NOISE = {"flip": "classification", "flip_y": "preset", "label_noise": "real"}
+DATA_AXES = ("n_train", "noise", "flip")  # sweep fields that change the data
+# the sources whose data each swept noise knob changes (n_train: every source)
+DRAWN_WITH = {"noise": ("regression", "linear", "classification"), "flip": ("classification",)}
+MODEL_FIELDS = {  # the model fields each family reads (overfit.experiments.build_model)
+    "polynomial": ("kind", "max_degree"), "random_features": ("kind", "max_features", "features"),
+    "linear": ("kind",), "mlp": ("kind", "hidden", "activation", "drop_rate"),
+}
 GRADIENT_ONLY = ("l1", "weight_decay", "input_noise")  # a closed-form solve takes l2 alone
+# budget knobs: where a scenario ignores one (a solve has no epochs, a fixed data set its
+# own split sizes) it is let through, so that one --set can shrink a whole gallery; the
+# figure claims none of them
+BUDGET = {"data": ("n_val", "n_test"), "sweep": ("seeds", "chunk_size"),
+          "train": ("optimizer", "learning_rate", "epochs", "batch_size", "eval_every")}
 TRAINED_KINDS = ("training_curves", "early_stopping", "dropout", "remedies")  # read epochs
+NEEDS = {  # the sweep lists a kind cannot run without
+    "dropout": ("drop_rate",), "validation_curve": ("l2",), "learning_curves": ("n_train",),
+    "remedies": ("capacity", "l2", "drop_rate", "n_train"),
+}
+REMEDY_SETTINGS = NEEDS["remedies"]  # one value each: the remedy's setting, not a sweep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +231,7 @@ def from_dict(table: Mapping[str, Any]) -> Scenario:
         raise ValueError(f"early_stopping.alpha={e.alpha!r}: rule 'UP' stops after alpha "
                          "successive rising strips; give a whole number >= 1.")
     _check_method(scenario)
+    _check_kind(scenario)
     _check_unused(scenario)
     return scenario
 
@@ -217,12 +243,41 @@ def _task(data: DataConfig) -> str:
     return "classification" if data.source in ("classification", "preset") else "regression"
 
 
+def _n_inputs(data: DataConfig) -> int | None:
+    """Input features per point, where the config alone tells (None: a real data set)."""
+    return {"regression": 1, "linear": data.p, "classification": 2}.get(data.source)
+
+
 def _check_method(scenario: Scenario) -> None:
     """Refuse a kind, model and data that the fitting method cannot serve: they would
     crash after the sweep, or draw a curve of something that was never there."""
-    kind, method, d = scenario.kind, scenario.train.method, scenario.data
+    kind, method, d, m = scenario.kind, scenario.train.method, scenario.data, scenario.model
     if kind == "five_points":  # always the lesson's two least-squares fits
+        if d.source != "regression":
+            raise ValueError(f"kind='five_points' fits a line and a polynomial to 1-D points: "
+                             f"it needs data.source='regression'; got {d.source!r}.")
         return
+    if kind == "dropout" and scenario.model.kind != "mlp":
+        raise ValueError(f"kind='dropout' needs model.kind='mlp' (dropout acts on hidden "
+                         f"units); got model.kind={scenario.model.kind!r}.")
+    if m.kind == "polynomial" and _n_inputs(d) != 1:
+        inputs = f"{_n_inputs(d)} inputs" if _n_inputs(d) else "several inputs"
+        raise ValueError(f"model.kind='polynomial' needs 1-D inputs; data.source={d.source!r} "
+                         f"gives {inputs}: use model.kind 'random_features', 'linear' or 'mlp'.")
+    caps = scenario.sweep.capacity
+    if m.kind in ("mlp", "random_features") and 0 in caps:
+        knob = "width" if m.kind == "mlp" else "number of features"
+        raise ValueError(f"sweep.capacity={caps!r}: a {knob} of 0 is no model; "
+                         f"model.kind={m.kind!r} takes capacities >= 1.")
+    if m.kind == "mlp" and not m.hidden and (caps or kind in ("dropout", "remedies")):
+        raise ValueError(f"model.hidden=[] has no hidden layer, whose width kind={kind!r}"
+                         f"{' and sweep.capacity' if caps else ''} would change: give one, "
+                         "e.g. model.hidden=[64].")
+    if d.source == "real" and d.val_frac + d.test_frac >= 1:
+        raise ValueError(f"data.val_frac={d.val_frac!r} + data.test_frac={d.test_frac!r} "
+                         "leave no training split: their sum must be below 1.")
+    if method == "gradient":
+        _check_training(scenario)
     if method == "closed_form" and kind in TRAINED_KINDS:
         raise ValueError(f"kind={kind!r} follows training epoch by epoch; "
                          "train.method='closed_form' has no epochs: use train.method='gradient'.")
@@ -237,14 +292,90 @@ def _check_method(scenario: Scenario) -> None:
         raise ValueError("kind='bias_variance' decomposes a classifier's logits; train.loss="
                          "'mse' on class labels gives none: use train.loss 'auto', 'bce', 'ce' "
                          "or 'mse_onehot'.")
-    if kind == "dropout" and scenario.model.kind != "mlp":
-        raise ValueError(f"kind='dropout' needs model.kind='mlp' (dropout acts on hidden "
-                         f"units); got model.kind={scenario.model.kind!r}.")
+
+
+def _check_training(scenario: Scenario) -> None:
+    """Losses and stopping monitors that fit the task; a validation split to monitor."""
+    d, t, e = scenario.data, scenario.train, scenario.early_stopping
+    task = _task(d)
+    if task == "regression" and t.loss in ("bce", "ce", "mse_onehot"):
+        raise ValueError(f"train.loss={t.loss!r} needs class labels; data.source={d.source!r} "
+                         "gives regression targets: use train.loss 'auto' or 'mse'.")
+    if e.rule == "none":
+        return
+    metric = "mse" if task == "regression" else "accuracy"
+    if e.monitor.endswith("accuracy" if metric == "mse" else "mse"):
+        split = e.monitor.split("_")[0]
+        raise ValueError(f"early_stopping.monitor={e.monitor!r}: {task} data is scored by "
+                         f"{metric}; use {split}_loss or {split}_{metric}.")
+    if (e.monitor.startswith("val_") and "n_val" in SOURCE_FIELDS[d.source]
+            and d.n_val == 0):
+        raise ValueError(f"early_stopping.monitor={e.monitor!r} watches the validation split, "
+                         "and data.n_val=0 draws none: give data.n_val > 0.")
+
+
+def _check_kind(scenario: Scenario) -> None:
+    """What each kind needs of its sweep, rule and data before it can run."""
+    kind, sweep, d = scenario.kind, scenario.sweep, scenario.data
+    for field in NEEDS.get(kind, ()):
+        if not getattr(sweep, field):
+            raise ValueError(f"kind={kind!r} needs sweep.{field} (a non-empty list).")
+    if kind in ("early_stopping", "remedies") and scenario.early_stopping.rule == "none":
+        what = "" if kind == "early_stopping" else " for its early-stopping arm"
+        raise ValueError(f"kind={kind!r} needs early_stopping.rule (patience, GL, PQ or UP)"
+                         f"{what}, not 'none'.")
+    if kind == "remedies":
+        _check_remedies(scenario)
+    if kind == "bias_variance":
+        fields = ("capacity", "l2", *DATA_AXES)
+        swept = [f for f in fields if getattr(sweep, f)]
+        if len(swept) != 1:
+            raise ValueError(f"kind='bias_variance' draws the terms against exactly one of "
+                             f"sweep.{', sweep.'.join(fields)} (a non-empty list); got "
+                             f"{swept or 'none'}.")
+    if kind == "double_descent":
+        if scenario.train.method != "closed_form":
+            if sweep.n_train:
+                raise ValueError("kind='double_descent' sweeps sweep.n_train with "
+                                 "train.method='closed_form' only (min-norm solutions).")
+            extra = [f"sweep.{f}" for f in ("noise", "l2") if getattr(sweep, f)]
+            if extra:
+                raise ValueError(f"kind='double_descent' draws {', '.join(extra)} as extra "
+                                 "curves of min-norm fits only (train.method='closed_form'); "
+                                 "a trained sweep takes sweep.capacity.")
+        if not sweep.n_train and not sweep.capacity:
+            raise ValueError("kind='double_descent' needs sweep.capacity (or, min-norm, "
+                             "sweep.n_train): a non-empty list.")
+    for field, sources in DRAWN_WITH.items():
+        if getattr(sweep, field) and d.source not in sources:
+            # every value would train on the same data: a flat curve that looks like a finding
+            raise ValueError(f"kind={kind!r} varies data.{field}, which "
+                             f"data.source={d.source!r} does not use; "
+                             f"use data.source in {list(sources)}.")
+
+
+def _check_remedies(scenario: Scenario) -> None:
+    if scenario.model.kind != "mlp":
+        raise ValueError(f"kind='remedies' needs model.kind='mlp' (its arms change the width "
+                         f"and the drop rate); got model.kind={scenario.model.kind!r}.")
+    if scenario.data.source in ("preset", "real"):
+        raise ValueError(f"kind='remedies' needs a generating data.source (regression, linear, "
+                         f"classification) for its more-data arm; got "
+                         f"data.source={scenario.data.source!r}, a fixed data set.")
+    for field in REMEDY_SETTINGS:
+        values = getattr(scenario.sweep, field)
+        if len(values) != 1:
+            raise ValueError(f"kind='remedies' takes one value in sweep.{field} (the "
+                             f"remedy's setting); got sweep.{field}={values!r}.")
+    if scenario.sweep.n_train[0] < scenario.data.n_train:
+        raise ValueError(f"kind='remedies' adds data: sweep.n_train={scenario.sweep.n_train} "
+                         f"must be at least data.n_train={scenario.data.n_train}.")
 
 
 def _check_unused(scenario: Scenario) -> None:
     """Refuse a field the scenario would silently ignore: a remedy or a sweep that
-    looks switched on but is not would draw a figure that claims what it did not do."""
+    looks switched on but is not would draw a figure that claims what it did not do.
+    Budget knobs (``BUDGET``) claim nothing and pass."""
     reads, capacity = SWEEPS[scenario.kind], scenario.sweep.capacity
     # one capacity value is not a sweep: it sizes the model (experiments.build_model)
     if "capacity" not in reads and len(capacity) > 1:
@@ -260,22 +391,57 @@ def _check_unused(scenario: Scenario) -> None:
     if scenario.sweep.inits != 1 and scenario.kind != "bias_variance":
         raise ValueError(f"sweep.inits={scenario.sweep.inits} is used by "
                          "kind='bias_variance' only; remove it.")
-    d, default = scenario.data, DataConfig()
-    for name, source in LABEL_NOISE.items():
-        if getattr(d, name) != getattr(default, name) and d.source != source:
+    d = scenario.data
+    m = scenario.model
+    for name in _changed_fields(d, DataConfig(), "data"):
+        # a polynomial maps data.domain onto its basis's interval, whatever the source
+        if name not in SOURCE_FIELDS[d.source] and not (
+                name == "domain" and m.kind == "polynomial"):
+            readers = [src for src, names in SOURCE_FIELDS.items() if name in names]
+            hint = next((f" or use data.{k}" for k, v in LABEL_NOISE.items()
+                         if v == d.source and name in LABEL_NOISE), "")
             raise ValueError(f"data.{name}={getattr(d, name)!r} is not used by "
-                             f"data.source={d.source!r} (only by {source!r}); remove it"
-                             + next((f" or use data.{k}" for k, v in LABEL_NOISE.items()
-                                     if v == d.source), "") + ".")
-    if scenario.train.method == "closed_form" and scenario.kind != "five_points":
-        used = [f"train.{n}={getattr(scenario.train, n)!r}" for n in GRADIENT_ONLY
-                if getattr(scenario.train, n)]
+                             f"data.source={d.source!r} (only by "
+                             f"{', '.join(map(repr, readers))}); remove it{hint}.")
+    for name in _changed_fields(m, ModelConfig(), "model"):
+        if name not in MODEL_FIELDS[m.kind]:
+            raise ValueError(f"model.{name}={getattr(m, name)!r} is not used by "
+                             f"model.kind={m.kind!r}; remove it.")
+    if m.drop_rate and scenario.kind in ("dropout", "remedies"):
+        raise ValueError(f"model.drop_rate={m.drop_rate!r} is replaced by sweep.drop_rate in "
+                         f"kind={scenario.kind!r}; remove it.")
+    if scenario.kind == "five_points":  # the lesson's two fits: data, seed and precision
+        t = scenario.train
+        ignored = [f"train.{n}" for n in _changed_fields(t, TrainConfig(), "train")
+                   if n not in ("method", "precision")]
+        ignored += [f"{section}.{n}" for section, value, default in (
+            ("model", m, ModelConfig()), ("sweep", scenario.sweep, SweepConfig()),
+            ("early_stopping", scenario.early_stopping, StopConfig()))
+            for n in _changed_fields(value, default, section)]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} is not used by kind='five_points' (always a "
+                             "least-squares line and a degree-6 polynomial); remove it.")
+        return
+    if scenario.train.method == "closed_form":
+        t, default = scenario.train, TrainConfig()
+        used = [f"train.{n}={getattr(t, n)!r}" for n in (*GRADIENT_ONLY, "loss")
+                if getattr(t, n) != getattr(default, n)]
         if scenario.early_stopping.rule != "none":
             used.append(f"early_stopping.rule={scenario.early_stopping.rule!r}")
         if used:
             raise ValueError(f"{', '.join(used)} has no effect with "
                              "train.method='closed_form' (a solve takes train.l2 only); "
                              "use train.method='gradient'.")
+        if scenario.kind == "double_descent" and t.l2:
+            raise ValueError(f"train.l2={t.l2!r} is not used by kind='double_descent', whose "
+                             "curves are min-norm (l2 = 0) and, with sweep.l2, ridge; "
+                             "give the strengths in sweep.l2.")
+
+
+def _changed_fields(config: Any, default: Any, section: str) -> list[str]:
+    """The fields of a config section that differ from their defaults, budget knobs aside."""
+    return [f.name for f in dataclasses.fields(config) if f.name not in BUDGET.get(section, ())
+            and getattr(config, f.name) != getattr(default, f.name)]
 
 
 def _parse_value(text: str) -> Any:
