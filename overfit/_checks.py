@@ -42,6 +42,18 @@ def check_choice(field: str, value: Any, choices: Iterable[Any]) -> Any:
     raise ValueError(f"{field}={value!r} is not allowed; choose one of {allowed}.{hint}")
 
 
+def interval(lo: float | None, hi: float | None, lo_open: bool = False,
+             hi_open: bool = False) -> str:
+    """``[0, 4294967295]``, ``(0, 1)``, ``[1, inf)``: infinity is never allowed."""
+    def number(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+    left = "-inf" if lo is None else number(lo)
+    right = "inf" if hi is None else number(hi)
+    return (f"{'(' if lo_open or lo is None else '['}{left}, "
+            f"{right}{')' if hi_open or hi is None else ']'}")
+
+
 def check_range(
     field: str,
     value: Any,
@@ -71,15 +83,11 @@ def check_range(
     if hi is not None:
         bad |= arr >= hi if hi_open else arr > hi
     if np.any(bad):
-        left = "-inf" if lo is None else f"{lo:g}"
-        right = "inf" if hi is None else f"{hi:g}"
-        opening = "(" if lo_open or lo is None else "["
-        closing = ")" if hi_open or hi is None else "]"
-        interval = f"{opening}{left}, {right}{closing}"
+        allowed = interval(lo, hi, lo_open, hi_open)
         if arr.size > 8:  # a long array's repr would bury the message
             raise ValueError(f"{field} has {int(bad.sum())} of {arr.size} values out of range "
-                             f"(first: {arr[bad].flat[0]:g}); allowed values lie in {interval}.")
-        raise ValueError(f"{field}={value!r} is out of range; allowed values lie in {interval}.")
+                             f"(first: {arr[bad].flat[0]:g}); allowed values lie in {allowed}.")
+        raise ValueError(f"{field}={value!r} is out of range; allowed values lie in {allowed}.")
     return value
 
 

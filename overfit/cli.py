@@ -3,7 +3,7 @@
     overfit run SCENARIO.toml [...] [--out DIR] [--set section.key=value ...] [--force]
     overfit gallery [--scenarios DIR] [--out DIR] [--set ...] [--force]
     overfit list [--scenarios DIR]
-    overfit validate SCENARIO.toml [...]
+    overfit validate SCENARIO.toml [...] [--set section.key=value ...]
     overfit options
 """
 
@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--scenarios", type=Path, default=Path("scenarios"))
     validate = sub.add_parser("validate", help="check scenario files without running them")
     validate.add_argument("files", nargs="+", type=Path)
+    validate.add_argument("--set", dest="overrides", action="append", default=[],
+                          metavar="KEY=VALUE", help="check with this override, as run would")
     sub.add_parser("options", help="print every scenario option as a Markdown table")
     return parser
 
@@ -76,7 +78,7 @@ def _run(files: Sequence[Path], out: Path, overrides: Sequence[str], force: bool
             folder = scenarios.run(sc, out, force=force)
         except Exception as e:  # noqa: BLE001 - one scenario's failure must not stop the rest
             failed.append(f"{path} ({sc.name}): {type(e).__name__}: {e}")
-            if not isinstance(e, ValueError | FloatingPointError):  # a bug or a resource
+            if not isinstance(e, ValueError | FloatingPointError | OSError):  # a bug
                 traceback.print_exc()
             print(f"overfit: error: {failed[-1]}", file=sys.stderr, flush=True)
             continue
@@ -134,14 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             failed = _run(args.files, args.out, args.overrides, args.force)[1]
         elif args.command == "gallery":
-            files = sorted(args.scenarios.glob("*.toml"))
-            if not files:
-                raise ValueError(f"no scenario files in {args.scenarios}/")
+            files = _scenario_files(args.scenarios)
             folders, failed = _run(files, args.out, args.overrides, args.force)
             print(f"gallery: {write_index(args.out, folders)}")
-        elif args.command in ("list", "validate"):
-            paths = sorted(args.scenarios.glob("*.toml")) if args.command == "list" else args.files
-            failed = _check_files(paths, args.command == "list")
+        elif args.command == "list":
+            failed = _check_files(_scenario_files(args.scenarios), (), describe_each=True)
+        elif args.command == "validate":
+            failed = _check_files(args.files, args.overrides, describe_each=False)
         else:
             print("| key | type | default | allowed / meaning |\n|---|---|---|---|")
             for row in describe(scenarios.Scenario):
@@ -170,13 +171,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _check_files(paths: Sequence[Path], describe_each: bool) -> list[str]:
+def _scenario_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.toml"))
+    if not files:
+        raise ValueError(f"no scenario files in {folder}/")
+    return files
+
+
+def _check_files(paths: Sequence[Path], overrides: Sequence[str], *, describe_each: bool
+                 ) -> list[str]:
     """Load every file, printing its line (kind and title, or "ok") or its error; the
     files that failed. One bad file no longer hides the errors of the files after it."""
     failed = []
     for path in paths:
         try:
-            sc = _load(path)
+            sc = _load(path, overrides)
         except (ValueError, OSError) as e:
             print(f"overfit: error: {e}", file=sys.stderr)
             failed.append(str(path))

@@ -444,11 +444,18 @@ def _changed_fields(config: Any, default: Any, section: str) -> list[str]:
             and getattr(config, f.name) != getattr(default, f.name)]
 
 
-def _parse_value(text: str) -> Any:
+_BARE_WORD = re.compile(r"[A-Za-z_][\w-]*")
+
+
+def _parse_value(item: str, text: str) -> Any:
+    """A ``--set`` value as TOML; a bare word (``sin``) is a string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare word such as sin is a string
+    except tomllib.TOMLDecodeError as e:
+        if _BARE_WORD.fullmatch(text):
+            return text
+        raise ValueError(f"--set {item!r}: {text!r} is not a TOML value ({e}); quote a "
+                         "string ('a b'), write lists as [1, 2].") from None
 
 
 def apply_overrides(table: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -464,7 +471,7 @@ def apply_overrides(table: Mapping[str, Any], overrides: Sequence[str]) -> dict[
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {item!r}: {part!r} is not a section.")
-        node[leaf] = _parse_value(text.strip())
+        node[leaf] = _parse_value(item, text.strip())
     return table
 
 
@@ -546,7 +553,8 @@ def _difference(meta: dict[str, Any] | None, scenario: Scenario) -> str:
         return "an incomplete or unreadable result"
     fields = _changed(meta.get("scenario", {}), dataclasses.asdict(scenario))
     if fields:
-        return f"results of a different config ({', '.join(fields[:5])} differ)"
+        return (f"results of a different config ({', '.join(fields[:5])} "
+                f"{'differs' if len(fields) == 1 else 'differ'})")
     env, now = meta.get("environment", {}), environment()
     versions = [f"{pkg} {v} (now {now['versions'].get(pkg)})"
                 for pkg, v in env.get("versions", {}).items() if now["versions"].get(pkg) != v]

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from overfit._checks import check_choice, check_range
+from overfit._checks import check_choice, check_range, interval
 
 
 def knob(default: Any, doc: str, *, choices: tuple | None = None, lo: float | None = None,
@@ -48,12 +48,20 @@ def _coerce(where: str, value: Any, tp: Any) -> Any:
     return value
 
 
+INT_MAX = 2**31 - 1  # counts and sizes index int32 arrays in JAX
+
+
 def _check(where: str, value: Any, meta: Mapping[str, Any]) -> None:
-    for v in value if isinstance(value, list) else [value]:
+    items = ([(f"{where}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list)
+             else [(where, value)])
+    for name, v in items:
         if meta["choices"] is not None:
-            check_choice(where, v, meta["choices"])
-        if meta["lo"] is not None or meta["hi"] is not None:
-            check_range(where, v, lo=meta["lo"], hi=meta["hi"], lo_open=meta["lo_open"],
+            check_choice(name, v, meta["choices"])
+        hi = meta["hi"]
+        if hi is None and isinstance(v, int):
+            hi = INT_MAX
+        if meta["lo"] is not None or hi is not None:
+            check_range(name, v, lo=meta["lo"], hi=hi, lo_open=meta["lo_open"],
                         hi_open=meta["hi_open"])
 
 
@@ -94,10 +102,10 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         if meta.get("choices"):
             allowed = " | ".join(map(str, meta["choices"]))
         elif meta.get("lo") is not None or meta.get("hi") is not None:
-            lo = "-inf" if meta["lo"] is None else f"{meta['lo']:g}"
-            hi = "inf" if meta["hi"] is None else f"{meta['hi']:g}"
-            left, right = "(" if meta["lo_open"] else "[", ")" if meta["hi_open"] else "]"
-            allowed = f"{left}{lo}, {hi}{right}"
+            hi = meta["hi"]
+            if hi is None and _type_name(hints[f.name]) in ("int", "list[int]"):
+                hi = INT_MAX
+            allowed = interval(meta["lo"], hi, meta["lo_open"], meta["hi_open"])
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         rows.append((name, _type_name(hints[f.name]), repr(default), f"{allowed} {meta['doc']}"))
     return rows

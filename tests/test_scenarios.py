@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -342,6 +343,40 @@ def test_cli_validate_and_list_report_every_bad_file(tmp_path, capsys):
     assert cli.main(["list", "--scenarios", str(tmp_path)]) == 2
     out, err = capsys.readouterr()
     assert out.startswith(f"{good}  [") and "kind='nope'" in err and "data.noise" in err
+
+
+def test_cli_rough_edges_give_one_line_errors(tmp_path, capsys):
+    good = str(SCENARIOS[0])
+    # validate checks an override as run would (it was "unrecognized arguments")
+    assert cli.main(["validate", good, "--set", "sweep.seeds=3"]) == 0
+    assert cli.main(["validate", good, "--set", "data.noise=-1"]) == 2
+    assert "data.noise=-1.0 is out of range" in capsys.readouterr().err
+    # list of a folder with no scenarios printed nothing and exited 0, unlike gallery
+    assert cli.main(["list", "--scenarios", str(tmp_path / "nowhere")]) == 2
+    assert "no scenario files in" in capsys.readouterr().err
+    # a broken TOML value became the literal string '"a'
+    assert cli.main(["validate", good, "--set", 'title="a']) == 2
+    assert "--set 'title=\"a': '\"a' is not a TOML value" in capsys.readouterr().err
+    # the list element is named, and int fields are bounded by what JAX can index
+    assert cli.main(["validate", good, "--set", "sweep.capacity=[1, 2, -1]"]) == 2
+    assert "sweep.capacity[2]=-1 is out of range" in capsys.readouterr().err
+    assert cli.main(["validate", good, "--set", "sweep.seeds=100000000000000000000"]) == 2
+    assert "allowed values lie in [1, 2147483647]." in capsys.readouterr().err
+    assert cli.main(["options"]) == 0
+    assert "| [1, 2147483647] repeats per grid point" in capsys.readouterr().out
+    # an output path that is a file: one line, no traceback
+    (tmp_path / "afile").write_text("")
+    five = str(SCENARIOS[[p.stem for p in SCENARIOS].index("five_points")])
+    assert cli.main(["run", five, "--out", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert "NotADirectoryError" in err and "Traceback" not in err
+
+
+def test_a_changed_field_is_named_in_the_refusal(tmp_path):
+    sc = scenario.load(SCENARIOS[[p.stem for p in SCENARIOS].index("five_points")])
+    scenario.run(sc, tmp_path)
+    with pytest.raises(ValueError, match=r"\(title differs\); pass --force"):
+        scenario.run(dataclasses.replace(sc, title="another"), tmp_path)
 
 
 def test_the_interrupt_message_says_what_a_rerun_reuses(monkeypatch, capsys):
