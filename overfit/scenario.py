@@ -74,6 +74,7 @@ GRADIENT_ONLY = ("l1", "weight_decay", "input_noise")  # a closed-form solve tak
 # figure claims none of them
 BUDGET = {"data": ("n_val", "n_test"), "sweep": ("seeds", "chunk_size"),
           "train": ("optimizer", "learning_rate", "epochs", "batch_size", "eval_every")}
+TEST_ONLY_KINDS = ("bias_variance", "double_descent")  # score the test split alone
 TRAINED_KINDS = ("training_curves", "early_stopping", "dropout", "remedies")  # read epochs
 NEEDS = {  # the sweep lists a kind cannot run without
     "dropout": ("drop_rate",), "validation_curve": ("l2",), "learning_curves": ("n_train",),
@@ -317,6 +318,9 @@ def _check_training(scenario: Scenario) -> None:
 def _check_kind(scenario: Scenario) -> None:
     """What each kind needs of its sweep, rule and data before it can run."""
     kind, sweep, d = scenario.kind, scenario.sweep, scenario.data
+    if kind not in TEST_ONLY_KINDS and "n_val" in SOURCE_FIELDS[d.source] and d.n_val == 0:
+        raise ValueError(f"kind={kind!r} draws (or chooses by) validation scores, and "
+                         "data.n_val=0 draws no validation split: give data.n_val > 0.")
     for field in NEEDS.get(kind, ()):
         if not getattr(sweep, field):
             raise ValueError(f"kind={kind!r} needs sweep.{field} (a non-empty list).")
@@ -577,6 +581,9 @@ def run(scenario: Scenario, out_dir: str | os.PathLike, *, force: bool = False) 
 
     out_dir = Path(out_dir)
     final = out_dir / scenario.name
+    old = out_dir / f".{scenario.name}.old"
+    if not final.exists() and _finished(old) is not None:
+        old.rename(final)  # killed between the two renames below: the old results stand
     if final.exists() and not force:
         if cached(scenario, out_dir):
             return final
@@ -600,7 +607,6 @@ def run(scenario: Scenario, out_dir: str | os.PathLike, *, force: bool = False) 
             "chunks": stored.chunks,  # members and chunk size of every sweep, in call order
             "figures": sorted(f"{f}.png" for f in figures)}
     (partial / "results.json").write_text(json.dumps(meta, indent=2))
-    old = out_dir / f".{scenario.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)

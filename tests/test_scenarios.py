@@ -189,7 +189,9 @@ def test_a_field_the_scenario_would_ignore_is_refused(stem, overrides, message):
     (["train.loss='ce'"], r"train.loss='ce' needs class labels; data.source='regression'"),
     (["early_stopping.rule='patience'", "early_stopping.monitor='val_accuracy'"],
      r"monitor='val_accuracy': regression data is scored by mse; use val_loss or val_mse"),
-    (["early_stopping.rule='patience'", "data.n_val=0"], r"data.n_val=0 draws none"),
+    (["kind='bias_variance'", "early_stopping.rule='patience'", "data.n_val=0"],
+     r"data.n_val=0 draws none"),
+    (["data.n_val=0"], r"kind='capacity_curve' draws \(or chooses by\) validation scores"),
     (["kind='early_stopping'"], r"kind='early_stopping' needs early_stopping.rule"),
     (["kind='validation_curve'", "sweep.capacity=[]"],
      r"kind='validation_curve' needs sweep.l2 \(a non-empty list\)"),
@@ -406,6 +408,18 @@ def test_interrupted_run_leaves_old_results_untouched(tmp_path, monkeypatch):
     assert json.loads((folder / "results.json").read_text())["scenario"]["name"] == sc.name
 
 
+def test_a_run_killed_between_its_renames_keeps_the_old_results(tmp_path):
+    """Killed after moving the old folder aside and before moving the new one in: the next
+    run deleted the complete old results (hidden in .NAME.old) and computed them again."""
+    sc = scenario.load(SCENARIOS[[p.stem for p in SCENARIOS].index("five_points")])
+    folder = scenario.run(sc, tmp_path)
+    stamp = (folder / "results.json").stat().st_mtime_ns
+    folder.rename(tmp_path / f".{sc.name}.old")
+    assert scenario.run(sc, tmp_path) == folder
+    assert (folder / "results.json").stat().st_mtime_ns == stamp  # restored, not recomputed
+    assert not (tmp_path / f".{sc.name}.old").exists()
+
+
 def test_bias_variance_bootstraps_a_fixed_real_data_set():
     sc = scenario.load(SCENARIOS[[p.stem for p in SCENARIOS].index("bias_variance_classification")],
                        ["data.source='real'", "data.flip=0.0", "data.name='wine'",
@@ -435,7 +449,7 @@ def test_a_finished_run_is_skipped_and_other_results_need_force(tmp_path):
     assert scenario.run(sc, tmp_path) == folder  # same fingerprint: nothing recomputed
     assert (folder / "results.json").stat().st_mtime_ns == stamp
     other = scenario.load(SCENARIOS[0], [*SHRINK, "data.noise=0.7"])
-    with pytest.raises(ValueError, match=r"different config \(data.noise differ\).*--force"):
+    with pytest.raises(ValueError, match=r"different config \(data.noise differs\).*--force"):
         scenario.run(other, tmp_path)
     meta = json.loads((folder / "results.json").read_text())
     meta["environment"]["versions"]["jax"] = "0.0.1"
