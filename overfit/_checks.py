@@ -29,6 +29,17 @@ def check_scalar(field: str, value: Any) -> Any:
     return value
 
 
+def check_key(field: str, key: Any) -> Any:
+    """Raise ValueError unless ``key`` is a PRNG key (typed, or raw uint32 key data):
+    an int seed fails deep inside ``jax.random`` otherwise."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+                              or dtype == np.uint32):
+        return key
+    raise ValueError(f"{field} must be a PRNG key, jax.random.key(seed); got "
+                     f"{type(key).__name__} {key!r:.40}.")
+
+
 def check_choice(field: str, value: Any, choices: Iterable[Any]) -> Any:
     """Raise ValueError unless `value` is one of `choices`, suggesting the closest."""
     choices = list(choices)

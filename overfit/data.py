@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from overfit._checks import check_choice, check_int, check_range, check_scalar
+from overfit._checks import check_choice, check_int, check_key, check_range, check_scalar
 
 
 @jax.tree_util.register_dataclass
@@ -181,6 +181,7 @@ def regression(
         Dataset with ``x_*`` of shape ``(n_split, 1)`` float32, ``y_*`` and ``f_*`` of
         shape ``(n_split,)`` float32, ``f_* = f(x_*[:, 0])``; task ``"regression"``.
     """
+    check_key("key", key)
     check_choice("target", target, TARGETS)
     check_choice("x_dist", x_dist, X_DISTS)
     n_train = check_int("n_train", n_train, lo=1)
@@ -346,6 +347,7 @@ def classification(
         noise and the flip.
         Task ``"classification"``, 2 classes.
     """
+    check_key("key", key)
     check_choice("shape", shape, SHAPES)
     n_train = check_int("n_train", n_train, lo=1)
     n_val = check_int("n_val", n_val, lo=0)
@@ -597,6 +599,7 @@ def sphere(key: Array, p: int, r2: float | Array = 1.0) -> Array:
     Returns:
         ``(p,)`` float32.
     """
+    check_key("key", key)
     p = check_int("p", p, lo=1)
     check_range("r2", check_scalar("r2", r2), lo=0.0)
     z = jax.random.normal(key, (p,), jnp.float32)
@@ -647,6 +650,7 @@ def linear(
         Dataset with ``x_*`` ``(n_split, p)``, ``y_*`` and ``f_* = g(x_* @ b)``
         ``(n_split,)``, all float32. Task ``"regression"``.
     """
+    check_key("key", key)
     check_choice("link", link, LINKS)
     p = check_int("p", p, lo=1)
     n_train = check_int("n_train", n_train, lo=1)
@@ -682,6 +686,7 @@ def _linear(
 
 def bootstrap_indices(key: Array, n: int) -> Array:
     """``(n,)`` int32 indices into ``range(n)`` drawn uniformly with replacement."""
+    check_key("key", key)
     n = check_int("n", n, lo=1)
     return jax.random.randint(key, (n,), 0, n, dtype=jnp.int32)
 
@@ -700,6 +705,7 @@ def resample(key: Array, data: Dataset) -> Dataset:
     Returns:
         Dataset of the same shapes whose training rows are drawn with replacement.
     """
+    check_key("key", key)
     return subsample(key, data, data.n_train, replace=True)
 
 
@@ -722,6 +728,7 @@ def subsample(key: Array, data: Dataset, n: int, *, replace: bool = False) -> Da
     Returns:
         Dataset whose ``x_train``, ``y_train`` and ``f_train`` have ``n`` rows.
     """
+    check_key("key", key)
     if data.x_train.ndim != 2:  # rows would be drawn from the batch axis instead
         raise ValueError(f"data must be a single data set, x_train (n, d); got x_train of "
                          f"shape {data.x_train.shape}: vmap over a batch, e.g. "

@@ -145,6 +145,8 @@ def polynomial(max_degree: int, *, domain: tuple[float, float] = (0.0, 1.0)) -> 
 
     def basis(state: State, x: Array) -> Array:
         del state
+        if x.shape[-1] != 1:  # x[:, 0] would quietly drop every other input
+            raise ValueError(f"a polynomial takes rows of 1 input; got x of shape {x.shape}.")
         return legendre((2.0 * x[:, 0] - (lo + hi)) / (hi - lo), max_degree)
 
     def column_scale(state: State) -> Array:

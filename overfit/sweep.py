@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from threadpoolctl import threadpool_limits
 
@@ -25,6 +26,10 @@ def grid(**axes: Sequence[Any]) -> tuple[dict[str, np.ndarray], tuple[int, ...]]
     per-member result with ``result.reshape(shape)`` (or :func:`unflatten`).
     """
     names = list(axes)
+    for name, v in axes.items():  # grid(kind="relu") made 4 members: r, e, l, u
+        if isinstance(v, str | bytes) or not isinstance(v, Iterable):
+            raise ValueError(f"grid axis {name}={v!r} must be a list of values, e.g. "
+                             f"{name}=[{v!r}].")
     values = [list(v) for v in axes.values()]
     shape = tuple(len(v) for v in values)
     points = list(itertools.product(*values))
@@ -57,7 +62,13 @@ def shape_groups(values: Sequence[int], ratio: float = 2.0) -> list[list[int]]:
 
 def take(tree: Any, index: Any) -> Any:
     """Gather members ``index`` along the leading axis of every leaf."""
-    return jax.tree.map(lambda a: a[np.asarray(index)], tree)
+    index = np.asarray(index)
+    sizes = {jnp.shape(a)[0] for a in jax.tree.leaves(tree)}
+    # a jax array clamps an index past its end: member 7 of 6 quietly became member 5
+    if index.size and sizes and not (-min(sizes) <= index.min() and index.max() < min(sizes)):
+        raise ValueError(f"index {index.tolist()[:8]} is out of range for {min(sizes)} "
+                         "members.")
+    return jax.tree.map(lambda a: a[index], tree)
 
 
 def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | None = None,
@@ -90,6 +101,11 @@ def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | N
     """
     if batch_size is not None:
         check_int("batch_size", batch_size, lo=1)
+    sizes = {jnp.shape(a)[0] if jnp.ndim(a) else None for a in jax.tree.leaves(members)}
+    if not sizes or None in sizes or len(sizes) != 1:
+        # a shorter leaf silently dropped members from the others
+        raise ValueError("members must be a pytree of arrays sharing one leading (members) "
+                         f"axis; got leading sizes {sorted(sizes, key=str)}.")
     with threadpool_limits(limits=1, user_api="blas"):
         return run_chunks(_vmapped(Static(f)), members, shared=shared,
                           chunk_size=jax.tree.leaves(members)[0].shape[0]

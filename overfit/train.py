@@ -15,7 +15,9 @@ parameters stop changing, and the loop ends once every member has stopped
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -147,8 +149,40 @@ def _check_task(model: Model, data: Dataset, loss: str | Loss) -> None:
                          f"n_classes={data.n_classes}.")
 
 
+def _check_splits(model: Model, data: Dataset) -> None:
+    """One target per input row in every split; class labels whole and in range; one
+    output for regression. A ``(n, 1)`` target broadcast against ``(n,)`` outputs into
+    an ``(n, n)`` loss (47x too large) without a word, and out-of-range labels gave a
+    NaN loss reported as a divergence."""
+    if data.task not in ("regression", "classification"):
+        raise ValueError(f"data.task={data.task!r}; allowed: 'regression', 'classification'.")
+    if data.task == "regression" and model.n_out != 1:
+        raise ValueError(f"a regression model has one output; got model.n_out={model.n_out}.")
+    if data.task == "classification" and data.n_classes < 2:
+        raise ValueError(f"data.n_classes={data.n_classes}; classification needs >= 2.")
+    for split in ("train", "val", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if jnp.shape(y) != jnp.shape(x)[:-1]:
+            raise ValueError(f"data.y_{split} has shape {jnp.shape(y)}; allowed: "
+                             f"{jnp.shape(x)[:-1]}, one target per row of data.x_{split} "
+                             f"{jnp.shape(x)}.")
+        if data.task != "classification":
+            continue
+        if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+            raise ValueError(f"data.y_{split} holds {jnp.result_type(y)} values; class labels "
+                             "are integers 0 .. n_classes - 1.")
+        if is_concrete(y) and np.size(y):
+            labels = np.asarray(y)
+            bad = labels[(labels < 0) | (labels >= data.n_classes)]
+            if bad.size:
+                raise ValueError(f"data.y_{split} holds labels {np.unique(bad)[:5].tolist()} "
+                                 f"outside 0 .. n_classes - 1 = {data.n_classes - 1}.")
+
+
 def _per_example(loss: str | Loss) -> Loss:
-    return LOSSES[loss] if isinstance(loss, str) else loss
+    if isinstance(loss, str):
+        return LOSSES[check_choice("loss", loss, LOSSES)]
+    return loss
 
 
 def objective(model: Model, loss: str | Loss = "mse") -> Callable[..., Array]:
@@ -204,8 +238,12 @@ def evaluate(model: Model, params: Params, state: State, x: Array, y: Array,
     """``(loss, metric)`` of one model on ``(x, y)`` in evaluation mode.
 
     The metric is the accuracy for classification, the mean squared error for
-    regression. An empty split gives NaN.
+    regression. An empty split gives NaN. ``x`` is ``(n, d)``, ``y`` ``(n,)``.
     """
+    check_choice("task", task, ("regression", "classification"))
+    if jnp.shape(y) != jnp.shape(x)[:-1]:
+        raise ValueError(f"y has shape {jnp.shape(y)}; allowed: {jnp.shape(x)[:-1]}, one "
+                         f"target per row of x {jnp.shape(x)}.")
     return score_outputs(model.apply(params, state, x), y, loss, task)
 
 
@@ -535,6 +573,7 @@ def fit(
         raise ValueError(f"eval_every={eval_every} must divide epochs={epochs}.")
     loss = default_loss(model, data) if loss is None else loss
     _check_task(model, data, loss)
+    _check_splits(model, data)
     reserved = sorted({"key", _WEIGHT} & set(hparams or {}))
     if reserved:  # fit fills them in itself: a user's value would be overwritten or unchecked
         raise ValueError(f"hparams {reserved} are reserved (fit passes a callable optimizer "
@@ -543,7 +582,10 @@ def fit(
     # values would otherwise be two jit cache entries, i.e. a recompile
     hparams = {k: jnp.asarray(v, jnp.asarray(v).dtype) for k, v in (hparams or {}).items()}
     check_range("input_noise", hparams.get("input_noise", 0.0), lo=0.0)
-    optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
+    optimizer = _check_optimizer(DEFAULT_OPTIMIZER if optimizer is None else optimizer)
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise ValueError(f"early_stopping must be a rule such as of.patience(10) or "
+                         f"of.prechelt('GL', 5); got {early_stopping!r:.60}.")
     # a callable optimizer may take knobs of its own: any name passes then
     check_model_hparams(model, hparams, others=TRAIN_HPARAMS if isinstance(
         optimizer, Transform) else None, note=" and the optimizer takes none")
@@ -604,6 +646,26 @@ def _check_weight(weight: Any, data: Dataset, batch_size: int | None, key: Array
     return weight
 
 
+def _check_optimizer(optimizer: Any) -> Optimizer:
+    """An optax transformation, or a function of the hparams returning one; refuses by
+    name the factory itself (``optax.adam``, which fit would call with the hparams)."""
+    if isinstance(optimizer, Transform):
+        return optimizer
+    if not callable(optimizer):
+        raise ValueError(f"optimizer must be an optax optimizer such as optax.adam(1e-2), or "
+                         f"a function of the hparams returning one; got {optimizer!r:.60}.")
+    try:
+        first = next(iter(inspect.signature(optimizer).parameters), None)
+    except (TypeError, ValueError):  # a builtin or C callable: it will say so when called
+        return optimizer
+    if first == "learning_rate":
+        name = getattr(optimizer, "__name__", "the optimizer")
+        raise ValueError(f"optimizer={name} is optax's factory; pass the optimizer it makes, "
+                         f"e.g. optax.{name}(1e-2) (or a function of the hparams returning "
+                         "one).")
+    return optimizer
+
+
 def _check_members(key: Array, data: Dataset, hparams: Mapping[str, Array],
                    model_hparams: Sequence[str]) -> None:
     """Every per-member input has the keys' leading ``M`` axis; one key takes none.
@@ -658,6 +720,13 @@ def check_model_hparams(model: Model, hparams: Mapping[str, Any], *,
         if unknown:
             raise ValueError(f"hparams {unknown} are not knobs of this model "
                              f"(allowed: {[*model.hparams, *others]}){note}.")
+    else:  # a callable optimizer may read any name, but not a misspelt model knob
+        for name in sorted(set(hparams) - set(model.hparams) - set(TRAIN_HPARAMS)):
+            close = difflib.get_close_matches(name, model.hparams, n=1)
+            if close:
+                raise ValueError(f"hparams[{name!r}] is not a knob of this model; did you "
+                                 f"mean {close[0]!r}? (the optimizer may read other names, "
+                                 "but not one this close to a model's)")
     key = jax.random.key(0)
     for name in set(hparams) & set(model.hparams):
         if not is_concrete(hparams[name]):

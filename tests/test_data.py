@@ -436,6 +436,14 @@ ERRORS = [
     (lambda: linear(KEY, p=3, n_train=5, r2=-1.0), r"r2=-1.0"),
     (lambda: linear(KEY, p=3, n_train=5, s2=-0.5), r"s2=-0.5"),
     (lambda: linear(KEY, p=3, n_train=5, coef=jnp.ones(4)), r"coef has shape \(4,\)"),
+    # an int seed failed deep inside jax.random ("invalid PRNG key data")
+    (lambda: regression(0), r"key must be a PRNG key, jax.random.key\(seed\); got int 0"),
+    (lambda: classification(1), r"key must be a PRNG key"),
+    (lambda: linear(0, p=3, n_train=5), r"key must be a PRNG key"),
+    (lambda: sphere(0, 3), r"key must be a PRNG key"),
+    (lambda: bootstrap_indices(0, 5), r"key must be a PRNG key"),
+    (lambda: resample(0, regression(KEY)), r"key must be a PRNG key"),
+    (lambda: subsample(0, regression(KEY), 3), r"key must be a PRNG key"),
 ]
 
 

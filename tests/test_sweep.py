@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from overfit.sweep import grid, map_members, shape_groups, unflatten
+from overfit.sweep import grid, map_members, shape_groups, take, unflatten
 
 
 def test_grid_flattens_in_c_order_and_unflattens_back():
@@ -110,3 +110,21 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("call, match", [
+    # a shorter leaf silently dropped members of the others: [0, 2, 4] from 3 and 4
+    (lambda: map_members(lambda m, s: m["a"] + m["b"], {"a": jnp.arange(3.0),
+                                                        "b": jnp.arange(4.0)}),
+     r"one leading \(members\) axis; got leading sizes \[3, 4\]"),
+    (lambda: map_members(lambda m, s: m, {"a": jnp.float32(1.0)}), r"leading sizes \[None\]"),
+    # a string axis became one member per character
+    (lambda: grid(kind="relu"), r"grid axis kind='relu' must be a list of values"),
+    (lambda: grid(degree=3), r"grid axis degree=3 must be a list"),
+    # a jax array clamps: member 7 of 6 quietly became member 5
+    (lambda: take({"a": jnp.arange(6)}, [7]), r"index \[7\] is out of range for 6 members"),
+])
+def test_bad_members_and_axes_are_refused(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+    np.testing.assert_array_equal(take({"a": jnp.arange(6)}, [-1, 0])["a"], [5, 0])

@@ -396,6 +396,50 @@ def test_bad_fit_arguments(reg_data):
         patience(baseline=float("nan"))
 
 
+def _replace(data, **kw):
+    return dataclasses.replace(data, **kw)
+
+
+@pytest.mark.parametrize("call, match", [
+    # a (n, 1) target broadcast against (n,) outputs into an (n, n) loss, 47x too large
+    (lambda r, c, k: fit(polynomial(3), _replace(r, y_train=r.y_train[:, None]), key=k),
+     r"data.y_train has shape \(40, 1\); allowed: \(40,\), one target per row"),
+    (lambda r, c, k: fit(polynomial(3), _replace(r, y_val=r.y_val[:5]), key=k),
+     r"data.y_val has shape \(5,\)"),
+    (lambda r, c, k: evaluate(polynomial(3), *polynomial(3).init(k), r.x_test,
+                              r.y_test[:, None]), r"y has shape .*one target per row"),
+    (lambda r, c, k: evaluate(polynomial(3), *polynomial(3).init(k), r.x_test, r.y_test,
+                              loss="mae"), r"loss='mae' is not allowed"),
+    (lambda r, c, k: evaluate(polynomial(3), *polynomial(3).init(k), r.x_test, r.y_test,
+                              task="regresion"), r"task='regresion' is not allowed"),
+    # out-of-range labels gave a NaN loss reported as a divergence at epoch 0
+    (lambda r, c, k: fit(mlp(2, (4,), n_out=3), _replace(c, n_classes=3, y_train=c.y_train + 2),
+                         key=k), r"data.y_train holds labels \[3\] outside 0 .. n_classes"),
+    (lambda r, c, k: fit(linear(2), _replace(c, y_train=c.y_train - 1), key=k),
+     r"holds labels \[-1\]"),
+    (lambda r, c, k: fit(mlp(2, (4,), n_out=2), _replace(c, y_train=c.y_train * 1.0), key=k,
+                         loss="ce"), r"data.y_train holds float32 values; class labels"),
+    (lambda r, c, k: fit(mlp(1, (4,), n_out=3), r, key=k),
+     r"a regression model has one output; got model.n_out=3"),
+    (lambda r, c, k: fit(polynomial(3), c, key=k, loss="mse"),
+     r"does not take data.x_train rows of 2 feature.*a polynomial takes rows of 1 input"),
+    (lambda r, c, k: fit(polynomial(3), r, key=k, optimizer=optax.adam),
+     r"optimizer=adam is optax's factory; pass the optimizer it makes, e.g. optax.adam"),
+    (lambda r, c, k: fit(polynomial(3), r, key=k, optimizer="adam"),
+     r"optimizer must be an optax optimizer"),
+    (lambda r, c, k: fit(polynomial(3), r, key=k, early_stopping=patience),
+     r"early_stopping must be a rule such as of.patience\(10\)"),
+    # with a callable optimizer any name passes: a misspelt knob trained degree 3 for all
+    (lambda r, c, k: fit(polynomial(3), r, key=jax.random.split(k, 3),
+                         optimizer=lambda h: optax.sgd(h["lr"]),
+                         hparams={"lr": jnp.full(3, 0.1), "degre": jnp.array([0, 1, 3])}),
+     r"hparams\['degre'\] is not a knob of this model; did you mean 'degree'"),
+])
+def test_bad_data_and_arguments_are_named_not_broadcast(reg_data, cls_data, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(reg_data, cls_data, jax.random.key(0))
+
+
 def test_per_member_inputs_must_agree_with_the_keys(reg_data):
     """A shorter knob used to drop members silently, a longer one to end in a bare
     IndexError, stacked data under one key to train a nonsense broadcast."""
