@@ -27,13 +27,14 @@ def _axes(ax: plt.Axes | None) -> plt.Axes:
 
 
 def _finish(display: Any, ax: plt.Axes, *, xlabel: str = "", ylabel: str = "",
-            title: str | None = None, legend_title: str | None = None) -> Any:
+            title: str | None = None, legend: bool = True) -> Any:
     """Label the axes, add the legend, store ``ax_``/``figure_``; return the display."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.legend(frameon=False, fontsize="small", title=legend_title, title_fontsize="small")
+    if legend:
+        ax.legend(frameon=False, fontsize="small")
     display.ax_, display.figure_ = ax, ax.figure
     return display
 
@@ -372,8 +373,13 @@ class ComparisonDisplay:
         ax.set_xticks(pos, self.names, rotation=20, ha="right")
         if logy:  # symlog where an error bar reaches 0 or below, as CurveDisplay
             _set_log(ax, "y", np.concatenate(drawn) if drawn else np.zeros(0))
-        return _finish(self, ax, ylabel=self.ylabel, title=self.title,
-                       legend_title="mean, +/- 1 std over runs")
+        # one quantity is named by the axis; a legend over tall bars only hid them
+        if len(self.values) > 1:
+            ax.legend(fontsize="small", framealpha=0.85)
+        spread = "mean, +/- 1 std"
+        ylabel = (f"{self.ylabel[:-1]}; {spread})" if self.ylabel.endswith(")")
+                  else f"{self.ylabel} ({spread})" if self.ylabel else spread)
+        return _finish(self, ax, ylabel=ylabel, title=self.title, legend=False)
 
 
 class HistogramDisplay:

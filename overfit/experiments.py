@@ -792,7 +792,8 @@ def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
             terms |= {"variance from initialisation": split.init,
                       "variance from training sets": split.sampling}
         # as numpy: a float64 jax array used outside x64 mode warns at every operation
-        return jax.tree.map(np.asarray, terms)
+        # (term by term: a tree map over the dict would sort its keys, the table's columns)
+        return {k: jax.tree.map(np.asarray, t) for k, t in terms.items()}
 
 
 def bias_variance(scenario: Scenario) -> tuple[Rows, Figures]:

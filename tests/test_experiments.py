@@ -129,6 +129,9 @@ def test_float64_predictions_are_decomposed_in_float64():
     want = (per_set.var(axis=0, ddof=1) + within / 2).mean()  # between sets + init (m=2)
     assert float(terms["variance"].value) == pytest.approx(want, rel=1e-9)
     assert float(terms["noise"].value) == 0.25
+    # in the table's order, not sorted (a tree map over the dict sorted the columns)
+    assert list(terms) == ["expected test error", "bias2", "variance", "noise",
+                           "variance from initialisation", "variance from training sets"]
 
 
 def test_the_variance_split_of_a_binary_classifier_is_in_probability_units():
