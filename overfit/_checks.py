@@ -40,6 +40,21 @@ def check_key(field: str, key: Any) -> Any:
                      f"{type(key).__name__} {key!r:.40}.")
 
 
+def check_domain(domain: Any) -> tuple[float, float]:
+    """``(lo, hi)`` as finite floats with lo < hi, or a ValueError naming ``domain``."""
+    try:
+        if isinstance(domain, str | bytes):  # "01" would unpack into (0.0, 1.0)
+            raise TypeError
+        lo, hi = (float(v) for v in domain)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"domain={domain!r} must be a pair (lo, hi) of finite numbers with lo < hi."
+        ) from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"domain={domain!r} is not allowed; it needs finite lo < hi.")
+    return lo, hi
+
+
 def check_choice(field: str, value: Any, choices: Iterable[Any]) -> Any:
     """Raise ValueError unless `value` is one of `choices`, suggesting the closest."""
     choices = list(choices)

@@ -24,7 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from overfit._checks import check_choice, check_int, check_key, check_range, check_scalar
+from overfit._checks import (
+    check_choice,
+    check_domain,
+    check_int,
+    check_key,
+    check_range,
+    check_scalar,
+)
 
 
 @jax.tree_util.register_dataclass
@@ -94,18 +101,6 @@ TARGETS: dict[str, Callable[[Array], Array]] = {
 X_DISTS = ("uniform", "normal", "grid")
 LINKS = ("identity", *TARGETS)
 """Links ``g`` of the single-index source ``f = g(x . b)`` (:func:`linear`)."""
-
-
-def _check_domain(domain: tuple[float, float]) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in domain)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"domain={domain!r} must be a pair (lo, hi) of finite numbers with lo < hi."
-        ) from None
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ValueError(f"domain={domain!r} is not allowed; it needs finite lo < hi.")
-    return lo, hi
 
 
 def _rows(sample: Callable[..., Array], key: Array, n: int, n_pad: int, width: int) -> Array:
@@ -188,7 +183,7 @@ def regression(
     n_val = check_int("n_val", n_val, lo=0)
     n_test = check_int("n_test", n_test, lo=0)
     check_range("noise", check_scalar("noise", noise), lo=0.0)
-    lo, hi = _check_domain(domain)
+    lo, hi = check_domain(domain)
     sizes = (n_train, n_val, n_test)
     return _regression(key, noise, target=target, sizes=sizes, x_dist=x_dist, domain=(lo, hi))
 
@@ -414,7 +409,7 @@ def make_classification_preset(
     """
     from sklearn.datasets import make_classification  # scikit-learn is slow to import
 
-    seed = check_int("seed", seed, lo=0)
+    seed = check_int("seed", seed, lo=0, hi=2**32 - 1)  # scikit-learn's random_state
     check_range("flip_y", flip_y, lo=0.0, hi=1.0)
     n_samples = check_int("n_samples", n_samples, lo=3)
     check_range("class_sep", class_sep, lo=0.0, lo_open=True)
@@ -434,9 +429,10 @@ def make_classification_preset(
     redraw = rng.random(n_samples) < flip_y
     noisy = clean.copy()
     noisy[redraw] = rng.integers(0, 2, size=int(redraw.sum()))
-    n_train, n_val, _ = _split_counts(n_samples, split)
-    if n_train < 1:
-        raise ValueError(f"split={split!r} leaves no training point of {n_samples}.")
+    n_train, n_val, n_test = _split_counts(n_samples, split)
+    if min(n_train, n_val, n_test) < 1:  # the docstring promises three splits
+        raise ValueError(f"split={split!r} of n_samples={n_samples} gives {n_train} / {n_val} / "
+                         f"{n_test} points: every split needs one; give more samples.")
     return _host_dataset(X, noisy, clean, n_train, n_val, "classification", 2)
 
 
@@ -532,7 +528,7 @@ def real(
     from sklearn.model_selection import train_test_split  # slow to import
 
     check_choice("name", name, REAL_DATASETS)
-    seed = check_int("seed", seed, lo=0)
+    seed = check_int("seed", seed, lo=0, hi=2**32 - 1)  # scikit-learn's random_state
     check_range("label_noise", label_noise, lo=0.0, hi=1.0, hi_open=True)
     check_range("val_frac", val_frac, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     check_range("test_frac", test_frac, lo=0.0, hi=1.0, lo_open=True, hi_open=True)

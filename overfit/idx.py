@@ -156,7 +156,7 @@ def mnist(
     """
     from sklearn.model_selection import train_test_split  # slow to import
 
-    seed = check_int("seed", seed, lo=0)
+    seed = check_int("seed", seed, lo=0, hi=2**32 - 1)  # scikit-learn's random_state
     check_range("val_frac", val_frac, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     check_range("label_noise", label_noise, lo=0.0, hi=1.0, hi_open=True)
     x_rest, y_rest = load_mnist_arrays(directory, "train")

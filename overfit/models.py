@@ -22,7 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from overfit._checks import check_choice, check_int, check_range, is_concrete
+from overfit._checks import (
+    check_choice,
+    check_domain,
+    check_int,
+    check_range,
+    check_scalar,
+    is_concrete,
+)
 from overfit.activations import ACTIVATIONS
 from overfit.kernels import has_kernel, mlp_mse_grad
 
@@ -118,6 +125,9 @@ def legendre(t: Array, degree: int) -> Array:
         column has unit mean square under the uniform measure on [-1, 1] and
         the design stays well conditioned far beyond degree 30.
     """
+    degree = check_int("degree", degree, lo=0)
+    if jnp.ndim(t) != 1:
+        raise ValueError(f"t must be (n,) points; got shape {jnp.shape(t)}.")
     cols = [jnp.ones_like(t), t]
     for k in range(1, degree):  # Bonnet's recurrence, stable on [-1, 1]
         cols.append(((2 * k + 1) * t * cols[k] - k * cols[k - 1]) / (k + 1))
@@ -134,9 +144,7 @@ def polynomial(max_degree: int, *, domain: tuple[float, float] = (0.0, 1.0)) -> 
     are masked. ``init(key, degree=max_degree)``.
     """
     max_degree = check_int("max_degree", max_degree, lo=0)
-    lo, hi = (float(v) for v in domain)
-    if not lo < hi:
-        raise ValueError(f"domain={domain!r} must satisfy lo < hi.")
+    lo, hi = check_domain(domain)
 
     def make_state(key: Array, degree: Any = max_degree) -> State:
         del key
@@ -210,6 +218,8 @@ def linear(n_in: int, *, n_out: int = 1, bias: bool = True) -> Model:
     """
     n_in = check_int("n_in", n_in, lo=1)
     n_out = check_int("n_out", n_out, lo=1)
+    if not isinstance(bias, bool | np.bool_):
+        raise ValueError(f"bias={bias!r} must be True or False.")
 
     def make_state(key: Array, n_inputs: Any = n_in) -> State:
         del key
@@ -255,11 +265,15 @@ def mlp(
     """
     n_in = check_int("n_in", n_in, lo=1)
     n_out = check_int("n_out", n_out, lo=1)
+    if not isinstance(hidden, Sequence) or isinstance(hidden, str):
+        raise ValueError(f"hidden={hidden!r} must be a sequence of widths, e.g. (64,) for one "
+                         "hidden layer of 64 units.")
     hidden = tuple(check_int(f"hidden[{i}]", h, lo=1) for i, h in enumerate(hidden))
     act = ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]
     gain = jnp.sqrt(2.0) if activation == "relu" else 1.0
-    check_range("drop_rate", drop_rate, lo=0.0, hi=1.0, hi_open=True)
-    check_range("input_drop_rate", input_drop_rate, lo=0.0, hi=1.0, hi_open=True)
+    for name, rate in (("drop_rate", drop_rate), ("input_drop_rate", input_drop_rate)):
+        # one default per model: per-member rates go to init (see above)
+        check_range(name, check_scalar(name, rate), lo=0.0, hi=1.0, hi_open=True)
     # dropout masks cost as much as the matmuls on a CPU: compile them in only
     # when the constructor asks for dropout (per-member rates may then be 0)
     stochastic = drop_rate > 0 or input_drop_rate > 0

@@ -82,6 +82,14 @@ def l1(strength: Array | float, *, mask: Mask = None) -> optax.GradientTransform
     )
 
 
+def _check_learning_rate(learning_rate: Any) -> None:
+    """A number >= 0 (a negative one would grow the weights): not a schedule."""
+    if callable(learning_rate):
+        raise ValueError("learning_rate must be a number, not a schedule: these steps do not "
+                         "follow the optimizer's step count.")
+    check_range("learning_rate", learning_rate, lo=0.0)
+
+
 def l1_prox(
     strength: Array | float, learning_rate: Array | float, *, mask: Mask = None
 ) -> optax.GradientTransformation:
@@ -94,6 +102,7 @@ def l1_prox(
     shrinkage of the same size. ``learning_rate`` is a number, not a schedule.
     """
     check_range("l1", strength, lo=0.0)
+    _check_learning_rate(learning_rate)
     threshold = learning_rate * strength
 
     def step(u, p):
@@ -112,6 +121,7 @@ def weight_decay(
     number: unlike ``optax.adamw`` the decay does not follow a schedule.
     """
     check_range("weight_decay", strength, lo=0.0)
+    _check_learning_rate(learning_rate)
     return _stateless(
         lambda u, p: jax.tree.map(lambda ui, pi: ui - learning_rate * strength * pi, u, p), mask
     )

@@ -421,6 +421,10 @@ ERRORS = [
     (lambda: make_classification_preset(flip_y=1.5), r"flip_y=1.5 .*\[0, 1\]"),
     (lambda: make_classification_preset(split=(0.5, 0.3, 0.3)), r"split=.*sum to 1"),
     (lambda: make_classification_preset(split=(0.7, 0.3)), r"split=.*three fractions"),
+    # empty validation and test splits, though every split was promised
+    (lambda: make_classification_preset(n_samples=3),
+     r"n_samples=3 gives 3 / 0 / 0 points: every split needs one"),
+    (lambda: real("iris", seed=2**33), r"seed=8589934592 is out of range"),
     (lambda: real("iriss"), r"name='iriss'.*Did you mean 'iris'\?"),
     (lambda: real("iris", val_frac=0.0), r"val_frac=0.0 .*\(0, 1\)"),
     (lambda: real("iris", test_frac=1.0), r"test_frac=1.0 .*\(0, 1\)"),

@@ -381,6 +381,17 @@ def test_mlp_dropout_only_in_training():
         (lambda: random_features(5).init(KEY, n_features=6), "n_features"),
         (lambda: random_features(5, scale=0.0), "scale"),
         (lambda: linear(0), "n_in"),
+        # each used to fail without naming its field, or to pass and give NaN / one column
+        (lambda: mlp(2, 64), r"hidden=64 must be a sequence of widths, e.g. \(64,\)"),
+        (lambda: mlp(2, drop_rate=jnp.array([0.1, 0.2])), r"drop_rate must be a scalar"),
+        (lambda: polynomial(3, domain=(0.0, np.inf)), r"domain=\(0.0, inf\) is not allowed"),
+        (lambda: polynomial(3, domain="01"), r"domain='01' must be a pair"),
+        (lambda: polynomial(3, domain=(0, 1, 2)), r"domain=\(0, 1, 2\) must be a pair"),
+        (lambda: linear(2, bias="no"), r"bias='no' must be True or False"),
+        (lambda: legendre(jnp.zeros(3), -1), r"degree=-1 is out of range"),
+        (lambda: legendre(jnp.zeros((3, 1)), 2), r"t must be \(n,\) points; got shape \(3, 1\)"),
+        (lambda: polynomial(3).apply(*polynomial(3).init(KEY), jnp.ones((4, 2))),
+         r"a polynomial takes rows of 1 input; got x of shape \(4, 2\)"),
     ],
 )
 def test_bad_inputs_raise_naming_the_field(build, field):

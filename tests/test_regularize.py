@@ -103,7 +103,12 @@ def test_gradient_noise_has_the_requested_std_and_depends_on_the_key():
     "make, field",
     [(lambda: reg.l2(-1.0), "l2"), (lambda: reg.l1(-0.1), "l1"),
      (lambda: reg.l1_prox(-0.1, 0.1), "l1"), (lambda: reg.weight_decay(-1.0, 0.1), "weight_decay"),
-     (lambda: reg.gradient_noise(-1.0, key=jax.random.key(0)), "gradient_noise")],
+     (lambda: reg.gradient_noise(-1.0, key=jax.random.key(0)), "gradient_noise"),
+     # a negative rate grew the weights; a schedule failed with a bare TypeError
+     (lambda: reg.l1_prox(0.1, -0.1), r"learning_rate=-0.1 is out of range"),
+     (lambda: reg.weight_decay(0.1, float("nan")), r"learning_rate=nan is out of range"),
+     (lambda: reg.weight_decay(0.1, optax.constant_schedule(0.1)),
+      r"learning_rate must be a number, not a schedule")],
 )
 def test_negative_strengths_are_rejected(make, field):
     with pytest.raises(ValueError, match=field):

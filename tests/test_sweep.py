@@ -128,3 +128,10 @@ def test_bad_members_and_axes_are_refused(call, match):
     with pytest.raises(ValueError, match=match):
         call()
     np.testing.assert_array_equal(take({"a": jnp.arange(6)}, [-1, 0])["a"], [5, 0])
+
+
+def test_unflatten_takes_an_int_and_names_a_wrong_size():
+    assert unflatten({"a": jnp.arange(6)}, 6)["a"].shape == (6,)
+    with pytest.raises(ValueError, match=r"shape=\(4, 2\) holds 8 members; a leaf has "
+                                         r"leading axis \(6,\)"):
+        unflatten({"a": jnp.arange(6)}, (4, 2))
