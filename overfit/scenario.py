@@ -577,7 +577,7 @@ def run(scenario: Scenario, out_dir: str | os.PathLike, *, force: bool = False) 
     replace it.
     """
     from overfit.display import save_figure
-    from overfit.experiments import EXPERIMENTS
+    from overfit.experiments import EXPERIMENTS, use_x64
 
     out_dir = Path(out_dir)
     final = out_dir / scenario.name
@@ -604,6 +604,9 @@ def run(scenario: Scenario, out_dir: str | os.PathLike, *, force: bool = False) 
             "fingerprint": fingerprint(scenario),
             "wall_time_s": round(time.perf_counter() - start, 3),
             "compile_time_s": round(compiled.seconds, 3),
+            # the fits' floating point (train.precision resolved for the method);
+            # environment.x64 is JAX's global default, which the solves override
+            "precision": "float64" if use_x64(scenario) else "float32",
             "chunks": stored.chunks,  # members and chunk size of every sweep, in call order
             "figures": sorted(f"{f}.png" for f in figures)}
     (partial / "results.json").write_text(json.dumps(meta, indent=2))

@@ -376,7 +376,10 @@ def test_cli_rough_edges_give_one_line_errors(tmp_path, capsys):
 
 def test_a_changed_field_is_named_in_the_refusal(tmp_path):
     sc = scenario.load(SCENARIOS[[p.stem for p in SCENARIOS].index("five_points")])
-    scenario.run(sc, tmp_path)
+    folder = scenario.run(sc, tmp_path)
+    # the precision the solves ran in, not JAX's global default (x64 off)
+    meta = json.loads((folder / "results.json").read_text())
+    assert meta["precision"] == "float64" and meta["environment"]["x64"] is False
     with pytest.raises(ValueError, match=r"\(title differs\); pass --force"):
         scenario.run(dataclasses.replace(sc, title="another"), tmp_path)
 
