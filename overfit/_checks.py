@@ -40,6 +40,20 @@ def check_key(field: str, key: Any) -> Any:
                      f"{type(key).__name__} {key!r:.40}.")
 
 
+def one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``a`` becomes ``b`` by one insertion, deletion, substitution or swap of
+    neighbours: a typo ('degre', 'widht'), not a related name ('rate', 'n_features')."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    if len(a) < len(b):
+        return a[i:] == b[i + 1:]
+    return a[i + 1:] == b[i + 1:] or (a[i + 1:i + 2] == b[i:i + 1]
+                                      and a[i:i + 1] == b[i + 1:i + 2] and a[i + 2:] == b[i + 2:])
+
+
 def check_domain(domain: Any) -> tuple[float, float]:
     """``(lo, hi)`` as finite floats with lo < hi, or a ValueError naming ``domain``."""
     try:

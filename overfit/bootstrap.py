@@ -78,7 +78,7 @@ def bootstrap_bias_variance(model: Model, data: Dataset, *, key: Array, rounds: 
         ``noise`` (``loss = bias2 + variance + noise``). Classification, against
         the test labels: :func:`overfit.decompose.classifier`'s (0-1 with
         Domingos' net variance, Kohavi-Wolpert, and the cross-entropy of the
-        logits when ``loss`` is ``"bce"`` or ``"ce"``: a square loss on one-hot
+        logits unless ``loss`` is ``"mse_onehot"``: a square loss on one-hot
         targets trains no logits).
     """
     rounds = check_int("rounds", rounds, lo=2)
@@ -127,7 +127,7 @@ def bootstrap_bias_variance(model: Model, data: Dataset, *, key: Array, rounds: 
     preds = jax.vmap(model.apply, in_axes=(0, 0, None))(params, state, data.x_test)
     if task == "classification":
         # a square loss on one-hot targets trains near-probabilities: no logits to score
-        logits = loss in ("bce", "ce")
+        logits = loss != "mse_onehot"  # a loss function of one's own: logits, as bce / ce
         return Bootstrap(decompose.classifier(preds, data.y_test, ddof=ddof, logits=logits),
                          preds)
     if noise is None:

@@ -218,8 +218,9 @@ def linear(n_in: int, *, n_out: int = 1, bias: bool = True) -> Model:
     """
     n_in = check_int("n_in", n_in, lo=1)
     n_out = check_int("n_out", n_out, lo=1)
-    if not isinstance(bias, bool | np.bool_):
+    if isinstance(bias, str) or bias not in (True, False):
         raise ValueError(f"bias={bias!r} must be True or False.")
+    bias = bool(bias)
 
     def make_state(key: Array, n_inputs: Any = n_in) -> State:
         del key
@@ -265,7 +266,7 @@ def mlp(
     """
     n_in = check_int("n_in", n_in, lo=1)
     n_out = check_int("n_out", n_out, lo=1)
-    if not isinstance(hidden, Sequence) or isinstance(hidden, str):
+    if isinstance(hidden, str | bytes) or np.ndim(hidden) != 1:
         raise ValueError(f"hidden={hidden!r} must be a sequence of widths, e.g. (64,) for one "
                          "hidden layer of 64 units.")
     hidden = tuple(check_int(f"hidden[{i}]", h, lo=1) for i, h in enumerate(hidden))

@@ -40,8 +40,8 @@ def grid(**axes: Sequence[Any]) -> tuple[dict[str, np.ndarray], tuple[int, ...]]
 def unflatten(tree: Any, shape: tuple[int, ...]) -> Any:
     """Reshape the leading axis ``M = prod(shape)`` of every leaf to ``shape``."""
     shape = (shape,) if isinstance(shape, int | np.integer) else tuple(shape)
-    for a in jax.tree.leaves(tree):
-        if jnp.shape(a)[:1] != (int(np.prod(shape)),):
+    for a in jax.tree.leaves(tree):  # (-1 lets reshape work out one axis)
+        if -1 not in shape and jnp.shape(a)[:1] != (int(np.prod(shape)),):
             raise ValueError(f"shape={shape} holds {int(np.prod(shape))} members; a leaf has "
                              f"leading axis {jnp.shape(a)[:1]}.")
     return jax.tree.map(lambda a: a.reshape(*shape, *a.shape[1:]), tree)

@@ -15,7 +15,6 @@ parameters stop changing, and the loop ends once every member has stopped
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import inspect
 import os
@@ -28,7 +27,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from overfit._checks import check_choice, check_int, check_range, is_concrete
+from overfit._checks import check_choice, check_int, check_range, is_concrete, one_edit_apart
 from overfit.chunks import run_chunks
 from overfit.data import Dataset
 from overfit.early_stopping import EarlyStopping, StopState, never
@@ -168,8 +167,9 @@ def _check_splits(model: Model, data: Dataset) -> None:
                              f"{jnp.shape(x)}.")
         if data.task != "classification":
             continue
-        if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
-            raise ValueError(f"data.y_{split} holds {jnp.result_type(y)} values; class labels "
+        dtype = jnp.result_type(y)
+        if not (jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_):
+            raise ValueError(f"data.y_{split} holds {dtype} values; class labels "
                              "are integers 0 .. n_classes - 1.")
         if is_concrete(y) and np.size(y):
             labels = np.asarray(y)
@@ -722,11 +722,11 @@ def check_model_hparams(model: Model, hparams: Mapping[str, Any], *,
                              f"(allowed: {[*model.hparams, *others]}){note}.")
     else:  # a callable optimizer may read any name, but not a misspelt model knob
         for name in sorted(set(hparams) - set(model.hparams) - set(TRAIN_HPARAMS)):
-            close = difflib.get_close_matches(name, model.hparams, n=1)
+            close = [k for k in model.hparams if one_edit_apart(name, k)]
             if close:
                 raise ValueError(f"hparams[{name!r}] is not a knob of this model; did you "
                                  f"mean {close[0]!r}? (the optimizer may read other names, "
-                                 "but not one this close to a model's)")
+                                 "but not one a typo away from a model's)")
     key = jax.random.key(0)
     for name in set(hparams) & set(model.hparams):
         if not is_concrete(hparams[name]):

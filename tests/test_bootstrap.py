@@ -157,6 +157,11 @@ def test_a_square_loss_on_one_hot_targets_reports_no_cross_entropy():
         np.mean(labels != np.asarray(data.y_test)))
     logits = bootstrap_bias_variance(mlp(2, (8,), n_out=2), data, key=KEY, rounds=3, **kw)
     assert "cross-entropy" in logits.terms
+    # a loss function of one's own trains logits too (only the named square loss does not)
+    own = bootstrap_bias_variance(
+        mlp(2, (8,)), data, key=KEY, rounds=3,
+        loss=lambda out, y: optax.sigmoid_binary_cross_entropy(out, y.astype(out.dtype)), **kw)
+    assert "cross-entropy" in own.terms
 
 
 def test_a_batch_of_data_sets_is_refused():

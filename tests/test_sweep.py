@@ -132,6 +132,7 @@ def test_bad_members_and_axes_are_refused(call, match):
 
 def test_unflatten_takes_an_int_and_names_a_wrong_size():
     assert unflatten({"a": jnp.arange(6)}, 6)["a"].shape == (6,)
+    assert unflatten({"a": jnp.zeros((6, 2))}, (-1, 3))["a"].shape == (2, 3, 2)
     with pytest.raises(ValueError, match=r"shape=\(4, 2\) holds 8 members; a leaf has "
                                          r"leading axis \(6,\)"):
         unflatten({"a": jnp.arange(6)}, (4, 2))

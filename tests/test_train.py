@@ -600,3 +600,19 @@ def test_square_loss_on_class_labels_predicts_class_one_past_the_labels_midpoint
     np.testing.assert_allclose(got["train_accuracy"], want)
     val = np.asarray(model.apply(res.params, res.state, data.x_val))
     np.testing.assert_allclose(got["val_accuracy"], np.mean((val > 0.5) == np.asarray(data.y_val)))
+
+
+def test_valid_inputs_next_to_the_refused_ones_still_pass(cls_data):
+    """The checks above must not refuse what worked: bool labels, names a callable
+    optimizer reads that merely resemble a knob ('rate' vs drop_rate)."""
+    from overfit.train import check_model_hparams
+
+    flags = _replace(cls_data, **{f"y_{s}": getattr(cls_data, f"y_{s}").astype(bool)
+                                  for s in ("train", "val", "test")})
+    res = fit(linear(2), flags, key=jax.random.key(0), epochs=2)
+    assert np.isfinite(float(res.test_loss))
+    dropping = mlp(2, (8,), drop_rate=0.1)
+    for name in ("rate", "drop", "dropout", "lr", "width_lr"):
+        check_model_hparams(dropping, {name: 0.1})
+    with pytest.raises(ValueError, match=r"did you mean 'drop_rate'"):
+        check_model_hparams(dropping, {"drop_rat": 0.1})
