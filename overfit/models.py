@@ -269,6 +269,8 @@ def mlp(
     if isinstance(hidden, str | bytes) or np.ndim(hidden) != 1:
         raise ValueError(f"hidden={hidden!r} must be a sequence of widths, e.g. (64,) for one "
                          "hidden layer of 64 units.")
+    if not isinstance(hidden, list | tuple):  # an array's elements as Python numbers
+        hidden = np.asarray(hidden).tolist()
     hidden = tuple(check_int(f"hidden[{i}]", h, lo=1) for i, h in enumerate(hidden))
     act = ACTIVATIONS[check_choice("activation", activation, ACTIVATIONS)]
     gain = jnp.sqrt(2.0) if activation == "relu" else 1.0

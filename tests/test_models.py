@@ -408,6 +408,6 @@ def test_misspelled_choices_suggest_the_right_one():
 
 def test_hidden_widths_and_bias_in_any_sensible_form():
     """An array of widths and bias=1 worked before the checks above and still do."""
-    assert mlp(2, np.array([8, 4])).init(KEY)[0]["layers"][1]["w"].shape == (8, 4)
-    assert mlp(2, jnp.array([8])).init(KEY)[0]["layers"][0]["w"].shape == (2, 8)
+    assert mlp(2, np.array([8, 4])).init(KEY)[0][1]["w"].shape == (8, 4)
+    assert mlp(2, jnp.array([8])).init(KEY)[0][0]["w"].shape == (2, 8)
     assert linear(2, bias=1).n_params(linear(2, bias=1).init(KEY)[1]) == 3
