@@ -27,9 +27,10 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, lax
 
-from overfit._checks import check_range
+from overfit._checks import check_range, is_concrete
 from overfit.models import Model, Params, State
 
 
@@ -76,6 +77,8 @@ def solve(phi: Array, y: Array, *, ridge: Array | float = 0.0, rcond: float | No
             raise ValueError(f"weight has shape {jnp.shape(weight)}; it needs one value per "
                              f"row of phi, ({n},).")
         check_range("weight", weight, lo=0.0)
+        if is_concrete(weight) and not np.any(np.asarray(weight) > 0):  # w = 0, silently
+            raise ValueError("weight keeps no row of phi: at least one must be positive.")
     qr = isinstance(ridge, (int, float)) and ridge == 0 and n >= p  # a traced ridge: SVD
     return _solve(phi, y, ridge, rcond, weight, qr=qr)
 
@@ -229,4 +232,6 @@ def fit_linear(
     if model.features is None:
         raise ValueError("fit_linear needs a model linear in its parameters "
                          "(polynomial, random_features, linear); got an MLP.")
+    if model.n_out == 1 and jnp.ndim(y) != 1:  # (n, 1) gave (P, 1) coefficients, (n, 1) outputs
+        raise ValueError(f"y has shape {jnp.shape(y)}; a one-output model takes (n,) targets.")
     return {"coef": solve(model.features(state, x), y, ridge=ridge, weight=weight)}

@@ -247,6 +247,13 @@ def test_bad_inputs():
         solve(jnp.ones((4, 2)), jnp.ones(8))
     with pytest.raises(ValueError, match=r"phi must be a floating-point \(n, P\) design"):
         solve(jnp.ones((4, 2), int), jnp.ones(4))
+    # all-zero weights returned w = 0 without a word; a (n, 1) target gave (P, 1)
+    # coefficients and (n, 1) outputs, which broadcast against (n,) targets downstream
+    with pytest.raises(ValueError, match=r"weight keeps no row of phi"):
+        solve(jnp.ones((4, 2)), jnp.ones(4), weight=jnp.zeros(4))
+    line = polynomial(1)
+    with pytest.raises(ValueError, match=r"y has shape \(4, 1\); a one-output model takes"):
+        fit_linear(line, line.init(jax.random.key(0))[1], jnp.ones((4, 1)), jnp.ones((4, 1)))
 
 
 # ----------------------------------------------------------------------------- GROUND_TRUTH §7
