@@ -29,15 +29,19 @@ def check_scalar(field: str, value: Any) -> Any:
     return value
 
 
-def check_key(field: str, key: Any) -> Any:
-    """Raise ValueError unless ``key`` is a PRNG key (typed, or raw uint32 key data):
-    an int seed fails deep inside ``jax.random`` otherwise."""
+def check_key(field: str, key: Any, *, batch: bool = False) -> Any:
+    """Raise ValueError unless ``key`` is a PRNG key, typed or raw uint32 key data (or,
+    ``batch``, a stack of them): an int seed fails deep inside ``jax.random`` otherwise."""
     dtype = getattr(key, "dtype", None)
-    if dtype is not None and (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-                              or dtype == np.uint32):
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         return key
-    raise ValueError(f"{field} must be a PRNG key, jax.random.key(seed); got "
-                     f"{type(key).__name__} {key!r:.40}.")
+    # raw key data is (2,) under threefry, (4,) under rbg: asked only for raw keys
+    if dtype == np.uint32 and np.shape(key)[-1:] == jax.random.key_data(
+            jax.random.key(0)).shape:
+        return key
+    more = ", or M of them (jax.random.split(key, M))" if batch else ""
+    raise ValueError(f"{field} must be a PRNG key, jax.random.key(seed){more}; got "
+                     f"{type(key).__name__} {key!r:.60}.")
 
 
 def one_edit_apart(a: str, b: str) -> bool:

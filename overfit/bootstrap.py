@@ -16,7 +16,7 @@ from overfit._checks import check_choice, check_int, check_range
 from overfit.data import Dataset, resample
 from overfit.models import Model
 from overfit.solve import fit_linear
-from overfit.train import check_inputs, check_model_hparams, default_loss, fit
+from overfit.train import check_inputs, check_model_hparams, default_loss, fit, trains_logits
 
 _OWN = ("model", "data", "key", "hparams", "weight")  # fit's arguments a bootstrap sets
 _MLXTEND = {"num_rounds": "rounds", "random_seed": "key"}  # mlxtend's names for ours
@@ -126,10 +126,8 @@ def bootstrap_bias_variance(model: Model, data: Dataset, *, key: Array, rounds: 
                           )(state, sets)
     preds = jax.vmap(model.apply, in_axes=(0, 0, None))(params, state, data.x_test)
     if task == "classification":
-        # a square loss on one-hot targets trains near-probabilities: no logits to score
-        logits = loss != "mse_onehot"  # a loss function of one's own: logits, as bce / ce
-        return Bootstrap(decompose.classifier(preds, data.y_test, ddof=ddof, logits=logits),
-                         preds)
+        return Bootstrap(decompose.classifier(preds, data.y_test, ddof=ddof,
+                                              logits=trains_logits(loss)), preds)
     if noise is None:
         sq = decompose.squared(preds, y=data.y_test, ddof=ddof)
     else:

@@ -40,6 +40,7 @@ from overfit.train import (
     fit,
     metric_name,
     score_outputs,
+    trains_logits,
 )
 
 Rows = list[dict[str, Any]]
@@ -891,7 +892,7 @@ def _terms(scenario: Scenario, model: models.Model, data: datasets.Dataset,
     preds = preds.reshape(n_values, -1, *preds.shape[1:])
     # only a generator knows its noise; for a fixed data set it stays inside the bias
     noise_var = scenario.data.noise**2 if scenario.data.source in ("regression", "linear") else 0.0
-    logits = trained_loss(scenario, model, data) != "mse_onehot"
+    logits = trains_logits(trained_loss(scenario, model, data))
     terms = [_decompose(data, p, noise_var, n_inits, logits) for p in preds]
     if isinstance(result, FitResult):
         # a diverged member is frozen at its last finite parameters, and its predictions

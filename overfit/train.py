@@ -27,7 +27,14 @@ import numpy as np
 import optax
 from jax import Array
 
-from overfit._checks import check_choice, check_int, check_range, is_concrete, one_edit_apart
+from overfit._checks import (
+    check_choice,
+    check_int,
+    check_key,
+    check_range,
+    is_concrete,
+    one_edit_apart,
+)
 from overfit.chunks import run_chunks
 from overfit.data import Dataset
 from overfit.early_stopping import EarlyStopping, StopState, never
@@ -128,6 +135,13 @@ def decision_threshold(loss: str | Loss) -> float:
     return 0.5 if loss == "mse" else 0.0
 
 
+def trains_logits(loss: str | Loss) -> bool:
+    """Whether a classifier trained with ``loss`` outputs logits: every loss but the
+    square ones (``"mse"`` on the 0/1 labels, ``"mse_onehot"``: near-probabilities);
+    a loss given as a function is taken for a cross-entropy."""
+    return not (isinstance(loss, str) and loss in ("mse", "mse_onehot"))
+
+
 def _check_task(model: Model, data: Dataset, loss: str | Loss) -> None:
     if not isinstance(loss, str):
         return
@@ -161,10 +175,7 @@ def _check_splits(model: Model, data: Dataset) -> None:
         raise ValueError(f"data.n_classes={data.n_classes}; classification needs >= 2.")
     for split in ("train", "val", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        if jnp.shape(y) != jnp.shape(x)[:-1]:
-            raise ValueError(f"data.y_{split} has shape {jnp.shape(y)}; allowed: "
-                             f"{jnp.shape(x)[:-1]}, one target per row of data.x_{split} "
-                             f"{jnp.shape(x)}.")
+        _check_targets(x, y, f"data.x_{split}", f"data.y_{split}")
         if data.task != "classification":
             continue
         dtype = jnp.result_type(y)
@@ -177,6 +188,12 @@ def _check_splits(model: Model, data: Dataset) -> None:
             if bad.size:
                 raise ValueError(f"data.y_{split} holds labels {np.unique(bad)[:5].tolist()} "
                                  f"outside 0 .. n_classes - 1 = {data.n_classes - 1}.")
+
+
+def _check_targets(x: Array, y: Array, x_name: str, y_name: str) -> None:
+    if jnp.shape(y) != jnp.shape(x)[:-1]:
+        raise ValueError(f"{y_name} has shape {jnp.shape(y)}; allowed: {jnp.shape(x)[:-1]}, "
+                         f"one target per row of {x_name} {jnp.shape(x)}.")
 
 
 def _per_example(loss: str | Loss) -> Loss:
@@ -241,9 +258,7 @@ def evaluate(model: Model, params: Params, state: State, x: Array, y: Array,
     regression. An empty split gives NaN. ``x`` is ``(n, d)``, ``y`` ``(n,)``.
     """
     check_choice("task", task, ("regression", "classification"))
-    if jnp.shape(y) != jnp.shape(x)[:-1]:
-        raise ValueError(f"y has shape {jnp.shape(y)}; allowed: {jnp.shape(x)[:-1]}, one "
-                         f"target per row of x {jnp.shape(x)}.")
+    _check_targets(x, y, "x", "y")
     return score_outputs(model.apply(params, state, x), y, loss, task)
 
 
@@ -673,13 +688,8 @@ def _check_members(key: Array, data: Dataset, hparams: Mapping[str, Array],
     Without this a shorter ``hparams`` leaf silently drops members and a longer
     one fails deep inside the chunking with a bare IndexError.
     """
-    dtype = getattr(key, "dtype", None)
-    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-    # raw uint32 key data is (2,) under threefry, (4,) under rbg: asked only for raw keys
-    if not typed and not (dtype == jnp.uint32 and jnp.shape(key)[-1:]
-                          == jax.random.key_data(jax.random.key(0)).shape):
-        raise ValueError(f"key must be a PRNG key, jax.random.key(seed), or M of them "
-                         f"(jax.random.split(key, M)); got {type(key).__name__} {key!r:.60}.")
+    check_key("key", key, batch=True)
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
     if jnp.ndim(key) > (1 if typed else 2):  # raw key data has a trailing axis of its own
         raise ValueError(f"key must be one PRNG key or a 1-D batch of M keys "
                          f"(jax.random.split(key, M)); got keys of shape {jnp.shape(key)}.")
