@@ -164,9 +164,11 @@ def prechelt(
     """
     check_choice("rule", rule, ("GL", "PQ", "UP"))
     sign = _mode_sign(monitor, "auto")
-    if sign < 0:
-        raise ValueError(f"monitor={monitor!r}: Prechelt's criteria need an error to minimise; "
-                         "use val_loss or val_mse.")
+    # GL compares a validation error with its own minimum; on a training error
+    # it would stop on noise in a curve that only falls
+    if sign < 0 or not monitor.startswith("val_"):
+        raise ValueError(f"monitor={monitor!r}: Prechelt's criteria need a validation error "
+                         "to minimise; use val_loss or val_mse.")
     k = check_int("strip", strip, lo=1)
     if rule == "UP":
         check_int("alpha", alpha, lo=1)

@@ -98,6 +98,11 @@ def _linear_in_params(
         return basis(state, x) * column_scale(state)
 
     def init(key: Array, **hparams: Any) -> tuple[Params, State]:
+        unknown = sorted(set(hparams) - {capacity})
+        if unknown:
+            raise TypeError(f"init() got unexpected knobs {unknown}; this model's only knob is "
+                            f"{capacity!r}." if capacity else f"init() got unexpected knobs "
+                            f"{unknown}; this model has none.")
         coef = jnp.zeros((width,) if n_out == 1 else (width, n_out))
         return {"coef": coef}, make_state(key, **hparams)
 

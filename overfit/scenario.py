@@ -309,6 +309,9 @@ def _check_training(scenario: Scenario) -> None:
         split = e.monitor.split("_")[0]
         raise ValueError(f"early_stopping.monitor={e.monitor!r}: {task} data is scored by "
                          f"{metric}; use {split}_loss or {split}_{metric}.")
+    if e.rule != "patience" and (not e.monitor.startswith("val_") or "accuracy" in e.monitor):
+        raise ValueError(f"early_stopping.monitor={e.monitor!r}: rule {e.rule!r} (Prechelt) "
+                         "needs a validation error to minimise: use val_loss or val_mse.")
     if (e.monitor.startswith("val_") and "n_val" in SOURCE_FIELDS[d.source]
             and d.n_val == 0):
         raise ValueError(f"early_stopping.monitor={e.monitor!r} watches the validation split, "

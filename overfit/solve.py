@@ -59,6 +59,7 @@ def solve(phi: Array, y: Array, *, ridge: Array | float = 0.0, rcond: float | No
         the least-squares solution; rank-deficient with no ridge, the min-norm
         ``pinv(phi) y``; with a ridge, the ridge solution.
     """
+    phi, y = (jnp.asarray(a) if isinstance(a, (list, tuple)) else a for a in (phi, y))
     if jnp.ndim(phi) != 2 or not jnp.issubdtype(jnp.result_type(phi), jnp.floating):
         raise ValueError(f"phi must be a floating-point (n, P) design; got shape "
                          f"{jnp.shape(phi)}, dtype {jnp.result_type(phi)}.")
@@ -232,6 +233,11 @@ def fit_linear(
     if model.features is None:
         raise ValueError("fit_linear needs a model linear in its parameters "
                          "(polynomial, random_features, linear); got an MLP.")
+    own = jax.eval_shape(lambda key: model.init(key)[1], jax.random.key(0))
+    if jax.tree.structure(state) != jax.tree.structure(own):  # else a KeyError deep in features
+        raise ValueError(f"state has fields {sorted(state) if isinstance(state, dict) else state}; "
+                         f"this model's state has {sorted(own)}: pass the state its own init "
+                         "returned.")
     if model.n_out == 1 and jnp.ndim(y) != 1:  # (n, 1) gave (P, 1) coefficients, (n, 1) outputs
         raise ValueError(f"y has shape {jnp.shape(y)}; a one-output model takes (n,) targets.")
     return {"coef": solve(model.features(state, x), y, ridge=ridge, weight=weight)}

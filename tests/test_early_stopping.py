@@ -262,6 +262,8 @@ def test_prechelt_up_counts_successive_rises_only():
         (lambda: prechelt("UP", 1.5), "alpha"),
         (lambda: prechelt("GL", 1.0, strip=0), "strip"),
         (lambda: prechelt("GL", 1.0, monitor="val_accuracy"), "val_accuracy"),
+        (lambda: prechelt("GL", 1.0, monitor="train_loss"), "train_loss.*validation error"),
+        (lambda: prechelt("PQ", 1.0, monitor="train_mse"), "train_mse"),
     ],
 )
 def test_bad_input(build, match):

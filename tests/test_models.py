@@ -399,6 +399,16 @@ def test_bad_inputs_raise_naming_the_field(build, field):
         build()
 
 
+def test_init_names_the_knobs_a_model_has():
+    # a polynomial given an MLP's knob failed in an inner function: "make_state() got an
+    # unexpected keyword argument 'width'"
+    with pytest.raises(TypeError, match=r"unexpected knobs \['width'\]; .* only knob is 'degree'"):
+        polynomial(3).init(KEY, width=3)
+    with pytest.raises(TypeError, match=r"only knob is 'n_features'"):
+        random_features(5).init(KEY, degree=2)
+    assert int(polynomial(3).init(KEY, degree=2)[1]["degree"]) == 2
+
+
 def test_misspelled_choices_suggest_the_right_one():
     with pytest.raises(ValueError, match="activation.*Did you mean 'relu'"):
         mlp(1, activation="rellu")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from overfit.clock import CompileClock
-from overfit.models import mlp, polynomial
+from overfit.models import mlp, polynomial, random_features
 from overfit.solve import fit_linear, solve
 
 KEY = jax.random.key(0)
@@ -254,6 +254,17 @@ def test_bad_inputs():
     line = polynomial(1)
     with pytest.raises(ValueError, match=r"y has shape \(4, 1\); a one-output model takes"):
         fit_linear(line, line.init(jax.random.key(0))[1], jnp.ones((4, 1)), jnp.ones((4, 1)))
+    # another model's state failed with a KeyError inside its basis
+    with pytest.raises(ValueError, match=r"state has fields \['degree'\]; this model's state "
+                       r"has \['b', 'n_features', 'w'\]"):
+        fit_linear(random_features(5), line.init(jax.random.key(0))[1], jnp.ones((4, 1)),
+                   jnp.ones(4))
+
+
+def test_solve_takes_nested_lists():
+    """A notebook's first solve, on numbers typed in: lists failed in a dtype lookup."""
+    w = solve([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0]], [0.9, 2.9, 4.9])
+    np.testing.assert_allclose(w, [0.9, 2.0], rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- GROUND_TRUTH §7
