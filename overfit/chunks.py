@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -57,15 +58,31 @@ def device_memory(device: Any) -> int:
     """Bytes a computation on ``device`` may still allocate (an estimate).
 
     Accelerators report their allocator's limit and use; on the CPU it is the
-    host's available physical memory (``/proc``), or 4 GiB when unknown.
+    host's available physical memory (``/proc``), or 4 GiB when unknown, and no more
+    than its cgroup's limit leaves.
     """
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return 4 << 30
+        free = 4 << 30
+    return min(free, _cgroup_free())
+
+
+def _cgroup_free(root: Path = Path("/sys/fs/cgroup")) -> int | float:
+    """What this process's cgroup (a container, a SLURM job) may still allocate: ``/proc``
+    reports the host's memory, which a job limited to a share of it would overrun."""
+    for limit, usage in (("memory.max", "memory.current"),  # cgroup v2
+                         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            cap, used = (root / limit).read_text().strip(), (root / usage).read_text().strip()
+        except OSError:
+            continue
+        if cap.isdigit() and used.isdigit() and int(cap) < 1 << 60:  # v1's "no limit" is ~2**63
+            return max(int(cap) - int(used), 0)
+    return math.inf
 
 
 def _size(aval: Any) -> int:
@@ -107,11 +124,19 @@ def _traced_bytes(closed: Any, one: Any) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _traced(body: Program, one: tuple, shared_tree: Any, shared_avals: tuple
-            ) -> tuple[Any, int]:
-    """(output tree, bytes per member) of ``body``, traced once per signature."""
+            ) -> tuple[Any, list[Any], int]:
+    """(output tree, output leaves of one member, bytes per member) of ``body``, traced
+    once per signature."""
     shared = jax.tree.unflatten(shared_tree, [jax.ShapeDtypeStruct(*a) for a in shared_avals])
     closed, out = jax.make_jaxpr(body, return_shape=True)(list(one), shared)
-    return jax.tree.structure(out), _traced_bytes(closed, one)
+    leaves = jax.tree.leaves(out)
+    for a in leaves:  # chunks are cut and trimmed on axis 0: it must be the members'
+        if not a.shape or a.shape[0] != 1 or _is_key(a):
+            raise ValueError(f"the program returned a {a.dtype} leaf of shape {a.shape} for one "
+                             "member; every output needs the members' leading axis (shape "
+                             "(1, ...) here) and numbers, not PRNG keys (return "
+                             "jax.random.key_data(key)).")
+    return jax.tree.structure(out), leaves, _traced_bytes(closed, one)
 
 
 def _signature(host: _HostMembers, shared: Any) -> tuple:
@@ -149,9 +174,12 @@ def chunk_size_for(per_member: int, shared_bytes: int, devices: Sequence[Any], *
     (32 members at a target of 28 run as one chunk: two chunks of 16 ran 1.4x
     slower than one of 32), never more members per chunk than memory allows.
     """
-    budget = fraction * min(device_memory(d) for d in devices) - shared_bytes
+    cpu = all(getattr(d, "platform", None) == "cpu" for d in devices)
+    free = min(device_memory(d) for d in devices)
+    # host "devices" (--xla_force_host_platform_device_count) all draw on one RAM
+    budget = fraction * free / (len(devices) if cpu else 1) - shared_bytes
     per_device = max(1, int(budget // max(per_member, 1)))
-    if all(getattr(d, "platform", None) == "cpu" for d in devices):
+    if cpu:
         # but not below CPU_MIN_CHUNK members: smaller chunks ran slower, and each
         # costs a call (and, in a scenario, a stored file)
         in_cache = max(CPU_MIN_CHUNK, int(cache_bytes() // max(per_member, 1)))
@@ -380,6 +408,9 @@ def run_chunks(
         The outputs of all ``M`` members, as host NumPy arrays.
     """
     devices = tuple(jax.local_devices()[:1] if devices is None else devices)
+    if not devices:
+        raise ValueError("devices=() has no device to run on: pass None (the first local "
+                         "device) or a non-empty list, e.g. jax.local_devices().")
     index, count = (jax.process_index(), jax.process_count()) if process is None else process
     host = _HostMembers(members)
     n = host.n
@@ -387,7 +418,7 @@ def run_chunks(
         raise ValueError("members must have a leading axis of at least one member.")
     body = _FlatBody(program, host.treedef, tuple(host.impls),
                      tuple(sorted((compiler_options or {}).items())))
-    out_tree, per_member = _traced(body, *_signature(host, shared))
+    out_tree, out_leaves, per_member = _traced(body, *_signature(host, shared))
     if chunk_size is None:
         chunk_size = chunk_size_for(per_member, _nbytes(shared), devices, n_members=n)
     size = min(check_int("chunk_size", chunk_size, lo=1), n)
@@ -400,7 +431,8 @@ def run_chunks(
     from_ambient = store is None and ambient is not None
     if from_ambient:
         sub = ambient.next()  # numbered on every call, so the numbering is reproducible
-        ambient.chunks.append({"members": n, "chunk_size": size})
+        record = {"members": n, "chunk_size": size}
+        ambient.chunks.append(record)
         # one chunk has nothing to resume mid-way: skip the fingerprint's lowering
         store = sub if count > 1 or -(-n // size) > 1 else None
     if count > 1 and store is None:
@@ -409,34 +441,56 @@ def run_chunks(
     saved = None
     if store is not None:
         saved = _Store(store, _fingerprint(body, host, shared), n, replace=from_ambient)
-    parts: dict[tuple[int, int], list[np.ndarray]] = {}
+    # chunks are written into the result as they finish: the host holds it once, not
+    # once in pieces and again concatenated
+    result = _Result([np.empty((n, *a.shape[1:]), a.dtype) for a in out_leaves])
     if saved is not None:
-        parts.update({r: _Store.load(p) for r, p in saved.done().items()})
-        if parts:
+        result.load(saved)
+        if result.done:
             log.info("%s: %d of %d members loaded from stored chunks", saved.path,
-                     sum(b - a for a, b in parts), n)
+                     sum(b - a for a, b in result.done), n)
     # process i owns the i-th contiguous block of members, whatever each process's
     # chunk size, so no member is left to nobody
     block = (n * index // count, n * (index + 1) // count)
-    todo = [(max(a, block[0]), min(b, block[1])) for a, b in _missing(n, list(parts))]
+    todo = [(max(a, block[0]), min(b, block[1])) for a, b in _missing(n, result.done)]
     mine = _ranges([(a, b) for a, b in todo if a < b], size)
-    show = (len(mine) > 1 or len(parts) > 0) if progress is None else progress
+    show = (len(mine) > 1 or len(result.done) > 0) if progress is None else progress
     # progress=None: only a run that lasts shows its bar (a gallery of short sweeps stays quiet)
-    with _bar(show, n, sum(b - a for a, b in parts), delay=2.0 if progress is None else 0.0
-              ) as bar:
+    with _bar(show, n, sum(b - a for a, b in result.done),
+              delay=2.0 if progress is None else 0.0) as bar:
         if mine:
-            _run_ranges(body, host, _placed(shared, devices), devices, mine, size, parts,
-                        saved, bar)
-        while _missing(n, list(parts)):  # other processes' chunks arrive through the store
+            size = _run_ranges(body, host, _placed(shared, devices), devices, mine, size,
+                               result, saved, bar)
+            if from_ambient:  # what ran, after any out-of-memory halving
+                record["chunk_size"] = size
+        while _missing(n, result.done):  # other processes' chunks arrive through the store
             time.sleep(poll_s)
-            for r, p in saved.done().items():
-                if r not in parts:
-                    parts[r] = _Store.load(p)
-                    bar.update(r[1] - r[0])
-    ordered = [parts[r] for r in sorted(parts)]
-    leaves = [np.concatenate(col) for col in zip(*ordered)]
-    assert all(len(a) == n for a in leaves), "chunks must cover every member once"
-    return jax.tree.unflatten(out_tree, leaves)
+            bar.update(result.load(saved))
+    return jax.tree.unflatten(out_tree, result.leaves)
+
+
+class _Result:
+    """The outputs of all members, filled range by range; ``done`` lists the ranges in."""
+
+    def __init__(self, leaves: list[np.ndarray]):
+        self.leaves, self.done = leaves, []
+
+    def put(self, start: int, stop: int, leaves: list[np.ndarray]) -> None:
+        for out, part in zip(self.leaves, leaves, strict=True):
+            # np.savez keeps bfloat16 / float8 as raw bytes ("|V2"): read them as what they were
+            out[start:stop] = part.view(out.dtype) if part.dtype.kind == "V" else part
+        self.done.append((start, stop))
+
+    def load(self, saved: _Store) -> int:
+        """Add the stored chunks not yet in; returns how many members came in. A stored
+        range overlapping one already in (runs of other chunk sizes sharing a store)
+        is left out: each member is taken once."""
+        added = 0
+        for (a, b), path in sorted(saved.done().items()):
+            if not any(a < d and c < b for c, d in self.done):
+                self.put(a, b, _Store.load(path))
+                added += b - a
+        return added
 
 
 class _FlatBody:
@@ -459,8 +513,9 @@ class _FlatBody:
         return self.program(members, shared)
 
 
-def _run_ranges(body, host, shared, devices, todo, size, parts, saved, bar) -> None:
-    """Run ``todo`` ranges ``size`` members at a time, halving ``size`` on out-of-memory."""
+def _run_ranges(body, host, shared, devices, todo, size, result, saved, bar) -> int:
+    """Run ``todo`` ranges ``size`` members at a time, halving ``size`` on out-of-memory;
+    returns the size the last chunk ran at."""
     pending = list(todo)
     while pending:
         start, stop = pending.pop(0)
@@ -474,10 +529,11 @@ def _run_ranges(body, host, shared, devices, todo, size, parts, saved, bar) -> N
                           f"retrying with {size}.", RuntimeWarning, stacklevel=3)
             pending = _ranges([(start, stop), *pending], size)  # none may exceed size
             continue
-        parts[start, stop] = leaves
+        result.put(start, stop, leaves)
         if saved is not None:
             saved.save(start, stop, leaves)
         bar.update(stop - start)
+    return size
 
 
 def _placed(shared: Any, devices: tuple) -> Any:

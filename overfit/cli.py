@@ -112,9 +112,11 @@ def _compile_cache() -> None:
     """Turn on JAX's persistent compilation cache for the command (not for the library).
 
     A gallery rerun then loads its large programs instead of compiling them again.
-    ``JAX_COMPILATION_CACHE_DIR`` picks the folder; ``OVERFIT_NO_COMPILE_CACHE=1`` opts out.
+    ``JAX_COMPILATION_CACHE_DIR`` picks the folder; ``OVERFIT_NO_COMPILE_CACHE=1`` (or
+    true, yes, on) opts out.
     """
-    if os.environ.get("OVERFIT_NO_COMPILE_CACHE") == "1" or os.environ.get(
+    opt_out = os.environ.get("OVERFIT_NO_COMPILE_CACHE", "").strip().lower()
+    if opt_out not in ("", "0", "false", "no", "off") or os.environ.get(
             "JAX_COMPILATION_CACHE_DIR"):
         return
     import jax

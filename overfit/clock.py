@@ -33,7 +33,10 @@ class CompileClock:
             self.cache_hits += 1
 
     def stop(self) -> None:
-        self._on = False  # jax has no public way to unregister a listener
+        if self._on:  # once: unregistering an unknown listener is an error
+            jax.monitoring.unregister_event_duration_listener(self)
+            jax.monitoring.unregister_event_listener(self._event)
+        self._on = False
 
     def __enter__(self) -> CompileClock:
         return self

@@ -204,6 +204,93 @@ def test_empty_members_and_several_processes_without_store_are_errors():
         chunks.run_chunks(_square_plus, _members(3), shared=jnp.float32(0), process=(0, 2))
 
 
+def test_bad_programs_and_devices_are_named_errors():
+    # an output without the members' axis was trimmed on another axis; no devices
+    # divided by zero
+    with pytest.raises(ValueError, match=r"float32 leaf of shape \(\) for one member; every "
+                       r"output needs the members' leading axis"):
+        chunks.run_chunks(lambda m, s: m["a"].sum(), _members(3), shared=None)
+    with pytest.raises(ValueError, match=r"not PRNG keys"):
+        chunks.run_chunks(lambda m, s: m["key"], _members(3), shared=None)
+    with pytest.raises(ValueError, match=r"devices=\(\) has no device"):
+        chunks.run_chunks(_square_plus, _members(3), shared=jnp.float32(0), devices=[])
+
+
+def test_host_devices_share_one_memory(monkeypatch):
+    """Four CPU "devices" (--xla_force_host_platform_device_count) draw on one RAM:
+    a chunk of them fits in the memory one device would be given, not four times it."""
+    from types import SimpleNamespace
+    monkeypatch.setattr(chunks, "device_memory", lambda d: 20 << 30)
+    monkeypatch.setattr(chunks, "cache_bytes", lambda: 0)
+    cpus = [SimpleNamespace(platform="cpu")] * 4
+    gpus = [SimpleNamespace(platform="gpu")] * 4
+    per = 1 << 30  # 1 GiB a member: half of 20 GiB holds 10
+    assert chunks.chunk_size_for(per, 0, cpus[:1]) == 10
+    assert chunks.chunk_size_for(per, 0, cpus) == 8  # 2 a device (was 10 each: 40)
+    assert chunks.chunk_size_for(per, 0, gpus) == 40  # each accelerator has its own
+
+
+def test_a_cgroup_limit_bounds_the_cpu_memory(tmp_path):
+    """A container or SLURM job sees the host's free memory in /proc: its own limit is
+    what it may use."""
+    assert chunks._cgroup_free(tmp_path) == float("inf")  # no cgroup files: no bound
+    (tmp_path / "memory.max").write_text("max\n")  # v2 without a limit
+    (tmp_path / "memory.current").write_text("100\n")
+    assert chunks._cgroup_free(tmp_path) == float("inf")
+    (tmp_path / "memory.max").write_text(f"{8 << 30}\n")
+    assert chunks._cgroup_free(tmp_path) == (8 << 30) - 100
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(f"{2 << 30}\n")
+    (v1 / "memory.usage_in_bytes").write_text(f"{3 << 30}\n")
+    assert chunks._cgroup_free(tmp_path / "v1") == 0
+
+
+def test_overlapping_stored_chunks_give_each_member_once(tmp_path):
+    """Runs of two chunk sizes sharing a store (a notebook rerun while the first still
+    runs) leave overlapping files: each member is taken once (was an AssertionError,
+    and under python -O twice the rows)."""
+    want = chunks.run_chunks(_square_plus, _members(10), shared=jnp.float32(2))
+    other = tmp_path / "other"
+    chunks.run_chunks(_square_plus, _members(10), shared=jnp.float32(2), chunk_size=4,
+                      store=tmp_path)
+    chunks.run_chunks(_square_plus, _members(10), shared=jnp.float32(2), chunk_size=3,
+                      store=other)
+    for f in other.glob("*.npz"):
+        f.rename(tmp_path / f.name)
+    assert len(list(tmp_path.glob("*.npz"))) == 7
+    got = chunks.run_chunks(_square_plus, _members(10), shared=jnp.float32(2), store=tmp_path)
+    assert got["y"].shape == (10,)
+    _assert_same(got, want, rtol=0)
+
+
+def test_bfloat16_outputs_survive_a_resume(tmp_path):
+    """np.savez keeps bfloat16 as raw bytes (|V2): a resumed run returned those bytes."""
+    def half(members, shared):
+        return (members["a"] * 1.5).astype(jnp.bfloat16)
+
+    want = chunks.run_chunks(half, _members(6), shared=None, chunk_size=2, store=tmp_path)
+    again = chunks.run_chunks(half, _members(6), shared=None, chunk_size=2, store=tmp_path)
+    assert want.dtype == again.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(again.astype(np.float32), np.arange(6) * 1.5)
+
+
+def test_the_recorded_chunk_size_is_the_one_that_ran(tmp_path, monkeypatch):
+    """results.json states the chunk size; after an out-of-memory halving it stated
+    the size that failed."""
+    real = chunks._execute
+
+    def fake_oom(body, host, shared, devices, start, stop, size):
+        if size > 2:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory (simulated)")
+        return real(body, host, shared, devices, start, stop, size)
+
+    monkeypatch.setattr(chunks, "_execute", fake_oom)
+    with chunks.storing(tmp_path) as stored, pytest.warns(RuntimeWarning):
+        chunks.run_chunks(_square_plus, _members(8), shared=jnp.float32(1), chunk_size=4)
+    assert stored.chunks == [{"members": 8, "chunk_size": 2}]
+
+
 def test_two_jax_distributed_processes_share_a_fit_through_the_store(tmp_path):
     """Two processes joined by jax.distributed (on the CPU) make the same fit call with a
     shared store: each trains only its block of members, both return the whole result,

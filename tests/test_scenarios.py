@@ -541,3 +541,15 @@ def test_a_killed_gallery_resumes_with_identical_results(tmp_path):
         assert ((tmp_path / "killed" / name / "results.csv").read_bytes()
                 == (tmp_path / "whole" / name / "results.csv").read_bytes())
     assert not list((tmp_path / "killed").glob(".*partial*"))
+
+
+@pytest.mark.parametrize("value, cached", [("1", False), ("true", False), ("YES", False),
+                                           ("0", True), ("", True), ("off", True)])
+def test_the_compile_cache_opt_out_reads_like_a_switch(monkeypatch, value, cached):
+    """OVERFIT_NO_COMPILE_CACHE=true left the cache on: only "1" opted out."""
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("OVERFIT_NO_COMPILE_CACHE", value)
+    set_to = []
+    monkeypatch.setattr(jax.config, "update", lambda name, v: set_to.append(name))
+    cli._compile_cache()
+    assert set_to == (["jax_compilation_cache_dir"] if cached else [])

@@ -197,3 +197,20 @@ def test_the_clock_tells_programs_loaded_from_the_persistent_cache(request):
     with CompileClock() as again:
         jax.jit(program)(x).block_until_ready()
     assert (first.compiles, again.compiles, again.cache_hits) == (1, 1, 1)
+
+
+def test_a_stopped_clock_unregisters_its_listeners():
+    """Every scenario run makes a clock: stopped ones stayed registered for the life of
+    the process, each called on every JAX event."""
+    from jax._src import monitoring
+
+    def count() -> tuple[int, int]:
+        return (len(monitoring.get_event_duration_listeners()),
+                len(monitoring.get_event_listeners()))
+
+    before = count()
+    with CompileClock() as clock:
+        assert count() == (before[0] + 1, before[1] + 1)
+        jax.jit(lambda x: x * 0.987654321)(jnp.arange(2.0)).block_until_ready()
+    clock.stop()  # a second stop is harmless
+    assert count() == before and clock.compiles >= 1
