@@ -20,12 +20,13 @@ def is_concrete(value: Any) -> bool:
     return not any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(value))
 
 
-def check_scalar(field: str, value: Any) -> Any:
+def check_scalar(field: str, value: Any,
+                 hint: str = "vmap over values for one data set each") -> Any:
     """Raise ValueError unless `value` is a scalar (a traced one under vmap is too): one
-    value per data set, where an array would broadcast against some axis of the draw."""
+    value per data set or model, where an array would broadcast against some other axis
+    (a draw's points, a weight matrix's entries)."""
     if np.ndim(value) != 0:
-        raise ValueError(f"{field} must be a scalar; got shape {np.shape(value)} "
-                         "(vmap over values for one data set each).")
+        raise ValueError(f"{field} must be a scalar; got shape {np.shape(value)} ({hint}).")
     return value
 
 

@@ -138,20 +138,25 @@ def _floating(preds: Array) -> Array:
     return preds.astype(jnp.result_type(preds.dtype, float))
 
 
-def _labels(name: str, arr: Array) -> None:
-    if not jnp.issubdtype(jnp.asarray(arr).dtype, jnp.integer):
+def _labels(name: str, arr: Array) -> Array:
+    """``arr`` as integer labels (bool ones, as ``fit`` takes, become 0 / 1)."""
+    arr = jnp.asarray(arr)
+    if arr.dtype == bool:
+        arr = arr.astype(jnp.int32)
+    if not jnp.issubdtype(arr.dtype, jnp.integer):
         raise ValueError(f"{name} must hold integer class labels; got dtype "
-                         f"{jnp.asarray(arr).dtype} (take argmax of scores first).")
-    if is_concrete(arr) and jnp.any(jnp.asarray(arr) < 0):
+                         f"{arr.dtype} (take argmax of scores first).")
+    if is_concrete(arr) and jnp.any(arr < 0):
         raise ValueError(f"{name} holds negative labels; labels lie in [0, n_classes).")
+    return arr
 
 
-def _check_labels(preds: Array, y: Array, n_classes: int | None) -> int:
-    """Check predicted labels ``(R, n)`` against labels ``(n,)``; the number of classes."""
+def _check_labels(preds: Array, y: Array, n_classes: int | None) -> tuple[Array, Array, int]:
+    """Check predicted labels ``(R, n)`` against labels ``(n,)``: both as integer
+    arrays, and the number of classes."""
     _check_models(preds)
     _check_points("y", y, preds.shape[1])
-    for name, arr in (("preds", preds), ("y", y)):
-        _labels(name, arr)
+    preds, y = _labels("preds", preds), _labels("y", y)
     if n_classes is None:
         if not (is_concrete(preds) and is_concrete(y)):
             raise ValueError("n_classes is required when preds or y are traced (under jit).")
@@ -160,7 +165,7 @@ def _check_labels(preds: Array, y: Array, n_classes: int | None) -> int:
     for name, arr in (("preds", preds), ("y", y)):
         if is_concrete(arr) and (jnp.any(arr < 0) or jnp.any(arr >= n_classes)):
             raise ValueError(f"{name} holds labels outside [0, {n_classes}).")
-    return n_classes
+    return preds, y, n_classes
 
 
 def _mode(labels: Array, n_classes: int) -> tuple[Array, Array]:
@@ -195,9 +200,9 @@ def zero_one(preds: Array, y: Array, *, n_classes: int | None = None) -> ZeroOne
     variance adds to the loss, on a biased one it subtracts
     ``P(pred = y | pred != main)`` of it (two classes: all of it).
     """
-    n_classes = _check_labels(preds, y, n_classes)
+    preds, y, n_classes = _check_labels(preds, y, n_classes)
     main, freq = _mode(preds, n_classes)
-    bias = (main != y).astype(jnp.float32)
+    bias = (main != y).astype(freq.dtype)  # float64 under x64, as the other terms
     variance = 1.0 - jnp.take_along_axis(freq, main[:, None], axis=1)[:, 0]
     p_true = jnp.take_along_axis(freq, y[:, None], axis=1)[:, 0]
     loss = 1.0 - p_true
@@ -238,14 +243,14 @@ def kohavi_wolpert(preds: Array, y: Array, *, n_classes: int | None = None,
             R/(R-1), bias2 minus plug-in variance/(R-1), Kohavi & Wolpert's
             correction; the sum is unchanged).
     """
-    n_classes = _check_labels(preds, y, n_classes)
+    preds, y, n_classes = _check_labels(preds, y, n_classes)
     check_range("flip", flip, lo=0.0, hi=1.0, hi_open=True)
     check_choice("ddof", ddof, (0, 1))
     if n_classes == 1 and (not is_concrete(flip) or flip != 0):
         raise ValueError("flip needs another class to move labels to; n_classes is 1.")
     r = preds.shape[0]
     freq = _mode(preds, n_classes)[1]  # (n, K) P(pred = c)
-    others = jnp.asarray(flip, jnp.float32) / max(n_classes - 1, 1)
+    others = jnp.asarray(flip, freq.dtype) / max(n_classes - 1, 1)
     truth = jnp.where(jax.nn.one_hot(y, n_classes, dtype=bool), 1.0 - flip, others)  # P(Y = c)
     noise = 0.5 * (1.0 - jnp.sum(truth**2, axis=-1))
     spread = 0.5 * (1.0 - jnp.sum(freq**2, axis=-1))
@@ -280,7 +285,7 @@ def cross_entropy(probs: Array, y: Array, *, atol: float = 1e-4,
     """
     _check_models(probs, "probs", "(n_models, n_points, n_classes)")
     _check_points("y", y, probs.shape[1])
-    _labels("y", y)
+    y = _labels("y", y)
     k = probs.shape[-1]
     if is_concrete(probs):
         if not logits and (jnp.any(jnp.abs(jnp.sum(probs, axis=-1) - 1.0) > atol)
@@ -310,8 +315,9 @@ def classifier(outputs: Array, y: Array, *, ddof: int = 0, logits: bool = True
         y: labels ``(n_points,)``.
         ddof: of the Kohavi-Wolpert terms (:func:`kohavi_wolpert`).
         logits: whether ``outputs`` are logits. False (a square loss on one-hot
-            targets trains near-probabilities, not logits): only the terms of
-            the predicted labels, no cross-entropy.
+            or 0/1 targets trains near-probabilities, not logits): only the terms
+            of the predicted labels, no cross-entropy; a binary model's one output
+            per point is then P(class 1), cut at 1/2 (not its logit's 0).
 
     Returns:
         ``"0-1 loss"``, ``"0-1 bias"``, ``"0-1 variance"``, ``"0-1 net variance"``
@@ -321,6 +327,8 @@ def classifier(outputs: Array, y: Array, *, ddof: int = 0, logits: bool = True
         ``-log(1e-30)``) and ``"KW bias2"``, ``"KW variance"`` (:func:`kohavi_wolpert`,
         noise-free).
     """
+    if not logits and jnp.ndim(outputs) == 2:
+        outputs = jnp.stack([1 - jnp.asarray(outputs), jnp.asarray(outputs)], axis=-1)
     scores = class_logits(outputs)
     k = scores.shape[-1]
     labels = jnp.argmax(scores, axis=-1)

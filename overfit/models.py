@@ -281,7 +281,8 @@ def mlp(
     gain = jnp.sqrt(2.0) if activation == "relu" else 1.0
     for name, rate in (("drop_rate", drop_rate), ("input_drop_rate", input_drop_rate)):
         # one default per model: per-member rates go to init (see above)
-        check_range(name, check_scalar(name, rate), lo=0.0, hi=1.0, hi_open=True)
+        check_range(name, check_scalar(name, rate, "per-member rates go through fit's hparams"),
+                    lo=0.0, hi=1.0, hi_open=True)
     # dropout masks cost as much as the matmuls on a CPU: compile them in only
     # when the constructor asks for dropout (per-member rates may then be 0)
     stochastic = drop_rate > 0 or input_drop_rate > 0

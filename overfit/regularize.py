@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from overfit._checks import check_range
+from overfit._checks import check_range, check_scalar
 
 Mask = Any | Callable[[Any], Any] | None
 
@@ -60,13 +60,22 @@ def _stateless(fn: Callable[[Any, Any], Any], mask: Mask) -> optax.GradientTrans
     return _masked(optax.GradientTransformation(lambda _: optax.EmptyState(), update), mask)
 
 
+# one value per model: an array would be spread over the entries of each weight
+_PER_MEMBER = ("per-member strengths go through fit's hparams, e.g. "
+               "optimizer=lambda hp: optax.chain(l2(hp['l2']), ...)")
+
+
+def _strength(field: str, value: Any) -> Any:
+    return check_range(field, check_scalar(field, value, _PER_MEMBER), lo=0.0)
+
+
 def l2(strength: Array | float, *, mask: Mask = None) -> optax.GradientTransformation:
     """L2 penalty ``(strength/2)|w|^2``: adds ``strength * w`` to the gradient.
 
     Place before the optimizer. With the half-MSE loss and full-batch gradient
     descent it converges to ``solve(phi, y, ridge=strength)``.
     """
-    check_range("l2", strength, lo=0.0)
+    _strength("l2", strength)
     return _stateless(lambda g, p: jax.tree.map(lambda gi, pi: gi + strength * pi, g, p), mask)
 
 
@@ -76,7 +85,7 @@ def l1(strength: Array | float, *, mask: Mask = None) -> optax.GradientTransform
     Place before the optimizer. Weights hover around 0 rather than landing on it;
     use :func:`l1_prox` for exact zeros.
     """
-    check_range("l1", strength, lo=0.0)
+    _strength("l1", strength)
     return _stateless(
         lambda g, p: jax.tree.map(lambda gi, pi: gi + strength * jnp.sign(pi), g, p), mask
     )
@@ -87,7 +96,7 @@ def _check_learning_rate(learning_rate: Any) -> None:
     if callable(learning_rate):
         raise ValueError("learning_rate must be a number, not a schedule: these steps do not "
                          "follow the optimizer's step count.")
-    check_range("learning_rate", learning_rate, lo=0.0)
+    _strength("learning_rate", learning_rate)
 
 
 def l1_prox(
@@ -101,7 +110,7 @@ def l1_prox(
     proximal (ISTA) step under plain SGD at this ``learning_rate``; after Adam, a
     shrinkage of the same size. ``learning_rate`` is a number, not a schedule.
     """
-    check_range("l1", strength, lo=0.0)
+    _strength("l1", strength)
     _check_learning_rate(learning_rate)
     threshold = learning_rate * strength
 
@@ -120,7 +129,7 @@ def weight_decay(
     Place AFTER the optimizer, whose scaling it bypasses. ``learning_rate`` is a
     number: unlike ``optax.adamw`` the decay does not follow a schedule.
     """
-    check_range("weight_decay", strength, lo=0.0)
+    _strength("weight_decay", strength)
     _check_learning_rate(learning_rate)
     return _stateless(
         lambda u, p: jax.tree.map(lambda ui, pi: ui - learning_rate * strength * pi, u, p), mask
@@ -133,7 +142,7 @@ def gradient_noise(std: Array | float, *, key: Array) -> optax.GradientTransform
     ``key`` seeds the noise; in ``fit`` a callable optimizer receives a
     per-member ``hparams["key"]`` for this.
     """
-    check_range("gradient_noise", std, lo=0.0)
+    _strength("gradient_noise", std)
 
     def init(params):
         del params

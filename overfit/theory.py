@@ -37,16 +37,18 @@ def min_norm_risk(p, n, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
 
     ``s2 p / (n - p - 1)`` for ``p <= n - 2``; ``r2 (1 - n/p) + s2 n / (p - n - 1)``
     for ``p >= n + 2`` (inverse-Wishart means, Belkin, Hsu & Xu 2019); infinite
-    for p in {n-1, n, n+1}. ``p`` and ``n`` may be arrays.
+    for ``n - 1 <= p <= n + 1``. ``p`` and ``n`` may be arrays (or lists); between
+    whole sizes the same formulas draw the curve.
     """
     _check_signal_noise(r2, s2)
     check_range("p", p, lo=0.0, lo_open=True)  # continuous p and n draw the curve between sizes
     check_range("n", n, lo=0.0, lo_open=True)
-    p = np.asarray(p, float)
+    p, n = np.asarray(p, float), np.asarray(n, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         under = s2 * p / (n - p - 1)
         over = r2 * (1 - n / p) + s2 * n / (p - n - 1)
-    return np.where(p <= n - 2, under, np.where(p >= n + 2, over, np.inf))
+    # finite on either side of the pole, not only from n - 2 / n + 2 (whole sizes)
+    return np.where(p < n - 1, under, np.where(p > n + 1, over, np.inf))
 
 
 def min_norm_risk_asymptotic(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
@@ -74,13 +76,14 @@ def optimal_ridge_risk(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
     """
     check_range("r2", r2, lo=0.0, lo_open=True)
     _check_signal_noise(r2, s2, gamma)
-    g = np.asarray(gamma, float)
-    if s2 == 0:  # the formula is 0 * inf there
-        return r2 * np.maximum(0.0, 1 - 1 / g)
+    g, s2 = np.asarray(gamma, float), np.asarray(s2, float)
     lam = s2 * g / r2
     a = 1 - g + lam
-    m = (np.sqrt(a**2 + 4 * g * lam) - a) / (2 * g * lam)
-    return s2 * g * m
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = (np.sqrt(a**2 + 4 * g * lam) - a) / (2 * g * lam)
+        risk = s2 * g * m
+    # without noise the formula is 0 * inf: its limit instead
+    return np.where(s2 == 0, r2 * np.maximum(0.0, 1 - 1 / g), risk)
 
 
 def optimal_ridge_lambda(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:

@@ -137,6 +137,32 @@ def test_zero_one_mode_breaks_ties_toward_the_smallest_label():
     np.testing.assert_array_equal(z.main, [0, 1])
 
 
+def test_a_binary_models_probabilities_are_cut_at_one_half():
+    """logits=False: one output per point is P(class 1) (a square loss on 0/1 labels),
+    cut at 1/2; it was read as a logit, cut at 0 (every output 0.1-0.4 called class 1)."""
+    p = jnp.array([[0.1, 0.6, 0.4], [0.3, 0.9, 0.2], [0.4, 0.7, 0.8]])  # 3 models, 3 points
+    terms = decompose.classifier(p, jnp.array([0, 1, 0]), logits=False)
+    # the predicted labels: [[0, 1, 0], [0, 1, 0], [0, 1, 1]]: one error in nine
+    assert float(terms["0-1 loss"].value) == pytest.approx(1 / 9)
+    assert "cross-entropy" not in terms
+    # as logits the same numbers are all positive: class 1 everywhere, loss 2/3
+    assert float(decompose.classifier(p, jnp.array([0, 1, 0]))["0-1 loss"].value) == \
+        pytest.approx(2 / 3)
+
+
+def test_bool_labels_are_labels():
+    """fit takes bool labels; the decompositions refused them."""
+    preds = jnp.array([[0, 1, 1], [1, 1, 0]])
+    y = jnp.array([False, True, True])
+    for a, b in ((decompose.zero_one(preds, y), decompose.zero_one(preds, y.astype(int))),
+                 (decompose.kohavi_wolpert(preds, y, flip=0.1),
+                  decompose.kohavi_wolpert(preds, y.astype(int), flip=0.1))):
+        for ta, tb in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_array_equal(ta, tb)
+    ce = decompose.cross_entropy(jnp.full((2, 3, 2), 0.5), y)
+    assert float(ce.loss.value) == pytest.approx(np.log(2.0))
+
+
 def test_cross_entropy_yang_identity():
     probs = jax.nn.softmax(2.0 * _random((30, 100, 4)), axis=-1)
     y = jax.random.randint(jax.random.key(5), (100,), 0, 4)

@@ -108,7 +108,16 @@ def test_gradient_noise_has_the_requested_std_and_depends_on_the_key():
      (lambda: reg.l1_prox(0.1, -0.1), r"learning_rate=-0.1 is out of range"),
      (lambda: reg.weight_decay(0.1, float("nan")), r"learning_rate=nan is out of range"),
      (lambda: reg.weight_decay(0.1, optax.constant_schedule(0.1)),
-      r"learning_rate must be a number, not a schedule")],
+      r"learning_rate must be a number, not a schedule"),
+     # an array of per-member strengths was spread over each weight's entries instead
+     # (l2([0, 1]) put 0 on a line's slope and 1 on its intercept, for every member)
+     (lambda: reg.l2(jnp.array([0.0, 1.0])), r"l2 must be a scalar; got shape \(2,\) "
+      r"\(per-member strengths go through fit's hparams"),
+     (lambda: reg.l1(np.ones(2)), r"l1 must be a scalar"),
+     (lambda: reg.l1_prox(0.1, jnp.ones(3)), r"learning_rate must be a scalar"),
+     (lambda: reg.weight_decay(jnp.ones(2), 0.1), r"weight_decay must be a scalar"),
+     (lambda: reg.gradient_noise(jnp.ones(2), key=jax.random.key(0)),
+      r"gradient_noise must be a scalar")],
 )
 def test_negative_strengths_are_rejected(make, field):
     with pytest.raises(ValueError, match=field):

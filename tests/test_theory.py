@@ -87,6 +87,18 @@ def test_optimal_ridge_without_noise_is_the_limit_of_vanishing_noise():
         theory.optimal_ridge_risk(gamma, s2=-1.0)
 
 
+def test_curves_take_lists_arrays_and_sizes_between_whole_ones():
+    """A continuous p between n - 2 and n - 1 was drawn as infinite (the overlay's gap
+    wider than the pole); n as a list and an array of s2 raised TypeError / ValueError."""
+    np.testing.assert_allclose(theory.min_norm_risk(38.5, 40), 38.5 / 0.5)
+    np.testing.assert_allclose(theory.min_norm_risk(41.5, 40), (1 - 40 / 41.5) + 40 / 0.5)
+    assert np.isinf(theory.min_norm_risk([39.0, 40.0, 41.0], 40)).all()
+    np.testing.assert_allclose(theory.min_norm_risk(20, [10, 30, 50]),
+                               [0.5 + 10 / 9, 20 / 9, 20 / 29])
+    np.testing.assert_allclose(theory.optimal_ridge_risk(2.0, s2=np.array([0.0, 1.0])),
+                               [0.5, theory.optimal_ridge_risk(2.0)])
+
+
 @pytest.mark.parametrize("call, message", [
     # each returned a negative "risk" before it was checked
     (lambda: theory.optimal_ridge_risk(-1.0), r"gamma=-1.0 is out of range.*\(0, inf\)"),
