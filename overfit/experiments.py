@@ -810,6 +810,7 @@ def bias_variance(scenario: Scenario) -> tuple[Rows, Figures]:
     call per size; ``noise`` and ``flip`` draw new data, one call per value.
     """
     field, values = _sweep_axis(scenario)
+    at = None  # capacity where the parameters reach n_train x outputs, when swept through it
     if field == "n_train":
         column, (terms, n_params) = field, _decomposition_sizes(scenario, values)
     elif field in DATA_AXES:
@@ -817,22 +818,26 @@ def bias_variance(scenario: Scenario) -> tuple[Rows, Figures]:
         for v in values:
             variant = dataclasses.replace(scenario, data=dataclasses.replace(
                 scenario.data, **{field: v}))
-            _, t, p = _decomposition_grid(variant, None)
+            _, t, p, _ = _decomposition_grid(variant, None)
             terms += t
             n_params += p
     else:
-        column, terms, n_params = _decomposition_grid(scenario, field)
+        column, terms, n_params, fits = _decomposition_grid(scenario, field)
+        if field == "capacity" and n_params[0] < fits <= n_params[-1] and np.all(
+                np.diff(n_params) > 0):
+            at = float(np.interp(fits, n_params, values))
     rows = [{column: v, "n_params": n_params[i],
              **{k.replace(" ", "_"): float(t.value) for k, t in terms[i].items()},
              **{k.replace(" ", "_") + "_se": float(t.se) for k, t in terms[i].items()}}
             for i, v in enumerate(values)]
-    return rows, {"bias_variance": _bias_variance_figure(scenario, column, values, terms)}
+    return rows, {"bias_variance": _bias_variance_figure(scenario, column, values, terms, at)}
 
 
 def _decomposition_grid(scenario: Scenario, field: str | None
-                        ) -> tuple[str, list[dict[str, Any]], list[int]]:
+                        ) -> tuple[str, list[dict[str, Any]], list[int], int]:
     """Terms at every value of the model knob ``field`` (None: the model as configured),
-    trained in one call: (column name, terms per value, parameter count per value)."""
+    trained in one call: (column name, terms per value, parameter count per value, the
+    number of targets fitted: n_train x outputs)."""
     key_data, key_model = _keys(scenario)
     n_sets, n_inits = scenario.sweep.seeds, scenario.sweep.inits
     data = draw(scenario, key_data, n_sets)
@@ -848,9 +853,10 @@ def _decomposition_grid(scenario: Scenario, field: str | None
             scenario.sweep, field)
     flat, _ = grid(value=values, seed=range(n_sets), init=range(n_inits))
     # (set, init) starts alike at every value, as at every size (_decomposition_sizes)
-    return knob, *_terms(scenario, model, data, {knob: flat["value"]}, key_model,
-                         flat["seed"], len(values),
-                         key_index=flat["seed"] * n_inits + flat["init"])
+    terms, n_params = _terms(scenario, model, data, {knob: flat["value"]}, key_model,
+                             flat["seed"], len(values),
+                             key_index=flat["seed"] * n_inits + flat["init"])
+    return knob, terms, n_params, data.x_train.shape[-2] * model.n_out
 
 
 def _decomposition_sizes(scenario: Scenario, sizes: list[int]
@@ -904,7 +910,7 @@ def _terms(scenario: Scenario, model: models.Model, data: datasets.Dataset,
     return terms, [int(n) for n in n_params]
 
 
-def _bias_variance_figure(scenario, column, values, terms) -> Any:
+def _bias_variance_figure(scenario, column, values, terms, threshold=None) -> Any:
     names = list(terms[0])
     groups = [[n for n in names if n.startswith(("0-1", "variance from"))],
               [n for n in names if n.startswith(("cross", "CE"))]]
@@ -921,8 +927,9 @@ def _bias_variance_figure(scenario, column, values, terms) -> Any:
         total = group[0] if group[0] in ("expected test error", "0-1 loss", "cross-entropy") \
             and column not in DATA_AXES else None
         CurveDisplay(values, curves, errors=errors, xlabel=column, best=total,
-                     ylabel="averaged over test points (band: 2 SE)"
-                     ).plot(ax=ax)
+                     ylabel="averaged over test points (band: 2 SE)",
+                     markers={"interpolation threshold (parameters = targets)": threshold}
+                     if threshold is not None else None).plot(ax=ax)
     return fig
 
 

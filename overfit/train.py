@@ -572,6 +572,9 @@ def fit(
         store: a folder where finished chunks are written as they complete;
             calling again with the same arguments resumes from them (see
             :func:`overfit.chunks.run_chunks`, also for several processes).
+            Inside a caller's ``jit`` the members run as one traced program:
+            ``chunk_size``, ``devices`` and ``progress`` have no effect there,
+            and ``store`` is an error.
         progress: a progress bar over the members (None: only when there is
             more than one chunk and the run lasts over 2 s).
 
@@ -630,6 +633,10 @@ def fit(
         return _fit_one(key, data, hparams, config=config)
     members, shared = _split_members(key, data, hparams, axes)
     if not is_concrete((members, shared)):  # inside the caller's jit: one traced program
+        if store is not None:  # nothing is written from inside a trace: refuse, not skip
+            raise ValueError(f"store={str(store)!r} cannot be written from inside a jit-"
+                             "compiled function (the members run as one traced program "
+                             "there): call fit outside jit to store and resume chunks.")
         return _member_program(config)(members, shared)
     return run_chunks(_member_program(config), members, shared=shared, chunk_size=chunk_size,
                       devices=jax.local_devices() if devices is None else devices,

@@ -340,6 +340,9 @@ def test_fit_inside_the_callers_jit_is_one_traced_program(sweep):
     model, data, keys, kw, whole = sweep
     traced = jax.jit(lambda k: fit(model, data, key=k, **kw))(keys)
     _assert_same(traced, whole, rtol=1e-5, atol=1e-6)
+    # a store there was silently not written: no resume after a kill, with no word
+    with pytest.raises(ValueError, match=r"cannot be written from inside a jit-compiled"):
+        jax.jit(lambda k: fit(model, data, key=k, store="chunks", **kw))(keys)
 
 
 def test_cpu_chunks_target_the_cache_but_hold_at_least_the_minimum(monkeypatch):

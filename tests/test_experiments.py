@@ -231,7 +231,7 @@ def test_bias_variance_over_n_train_equals_separate_runs_at_each_size():
     plt.close(figures["bias_variance"])
     for row, n in zip(rows, (6, 15)):
         alone = dataclasses.replace(sc, data=dataclasses.replace(sc.data, n_train=n))
-        _, (terms,), _ = experiments._decomposition_grid(alone, None)
+        _, (terms,), _, _ = experiments._decomposition_grid(alone, None)
         for name in ("expected test error", "bias2", "variance"):
             assert row[name.replace(" ", "_")] == pytest.approx(float(terms[name].value),
                                                                 rel=1e-6), (n, name)
@@ -425,6 +425,31 @@ def test_sample_wise_threshold_is_the_models_parameter_count_not_data_p():
     plt.close(figures["double_descent"])
     assert set(marker.get_xdata()) == {30.0}
     assert {r["n_params"] for r in rows} == {30}
+
+
+def test_a_capacity_sweep_through_the_threshold_marks_it_on_the_decomposition():
+    """bias_variance_width's figure showed the variance peak past the threshold its text
+    describes, with no threshold drawn: the capacity where parameters = n_train x outputs
+    (10 random features for 10 points, between the swept 8 and 12) is marked."""
+    base = {"name": "t", "kind": "bias_variance",
+            "data": {"source": "regression", "target": "sin", "n_train": 10, "n_val": 0,
+                     "n_test": 20},
+            "model": {"kind": "random_features", "max_features": 20},
+            "train": {"method": "closed_form"}, "sweep": {"seeds": 3}}
+
+    def markers(capacity):
+        sc = scenario.from_dict({**base, "sweep": {**base["sweep"], "capacity": capacity}})
+        rows, figures = experiments.bias_variance(sc)
+        fig = figures["bias_variance"]
+        found = [set(line.get_xdata()) for ax in fig.axes for line in ax.get_lines()
+                 if line.get_label().startswith("interpolation threshold")]
+        plt.close(fig)
+        return rows, found
+
+    rows, found = markers([5, 8, 12, 20])
+    assert [r["n_params"] for r in rows] == [5, 8, 12, 20]
+    assert found == [{10.0}]
+    assert markers([2, 4, 8])[1] == []  # never reaches it: nothing to mark
 
 
 def test_train_precision_switches_solves_and_training_between_float32_and_float64():
