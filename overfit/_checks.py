@@ -120,8 +120,9 @@ def check_range(
     if isinstance(value, (str, bytes)):  # np.asarray("0.1", float) would take it
         raise ValueError(f"{field}={value!r} must be a number, not a string.")
     arr = np.asarray(value, dtype=float)
+    shown = _shown(value)
     if whole and np.any(np.isfinite(arr) & (arr != np.round(arr))):
-        raise ValueError(f"{field}={value!r} must be a whole number (or whole numbers).")
+        raise ValueError(f"{field}={shown} must be a whole number (or whole numbers).")
     bad = ~np.isfinite(arr)
     if lo is not None:
         bad |= arr <= lo if lo_open else arr < lo
@@ -132,8 +133,18 @@ def check_range(
         if arr.size > 8:  # a long array's repr would bury the message
             raise ValueError(f"{field} has {int(bad.sum())} of {arr.size} values out of range "
                              f"(first: {arr[bad].flat[0]:g}); allowed values lie in {allowed}.")
-        raise ValueError(f"{field}={value!r} is out of range; allowed values lie in {allowed}.")
+        raise ValueError(f"{field}={shown} is out of range; allowed values lie in {allowed}.")
     return value
+
+
+def _shown(value: Any) -> str:
+    """A value as a user typed it: an array's numbers, not ``Array(-0.1, dtype=float32)``."""
+    if not hasattr(value, "dtype"):
+        return repr(value)
+    arr = np.asarray(value)  # numpy's str of a float32 is its shortest form: -0.1
+    if arr.ndim == 0:
+        return str(arr[()])
+    return "[" + ", ".join(str(x) for x in arr) + "]" if arr.ndim == 1 else repr(arr.tolist())
 
 
 def check_int(field: str, value: Any, *, lo: int | None = None, hi: int | None = None) -> int:

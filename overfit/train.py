@@ -608,6 +608,7 @@ def fit(
     check_model_hparams(model, hparams, others=TRAIN_HPARAMS if isinstance(
         optimizer, Transform) else None, note=" and the optimizer takes none")
     _check_members(key, data, hparams, model.hparams)
+    _check_optimizer_knobs(optimizer, hparams, _is_key_batch(key))
     check_inputs(model, data)
     if weight is not None:
         hparams = {**hparams, _WEIGHT: _check_weight(weight, data, batch_size, key)}
@@ -686,6 +687,23 @@ def _check_optimizer(optimizer: Any) -> Optimizer:
                          f"e.g. optax.{name}(1e-2) (or a function of the hparams returning "
                          "one).")
     return optimizer
+
+
+def _check_optimizer_knobs(optimizer: Optimizer, hparams: Mapping[str, Array],
+                           batch: bool) -> None:
+    """Build a callable optimizer on every distinct concrete value of each per-member
+    knob (the others at member 0's): its transforms check their own ranges (l2 >= 0, a
+    scalar learning rate), but skip traced values, and inside fit every value is traced
+    (a negative l2 per member trained on, growing the weights). Builds, runs nothing."""
+    if isinstance(optimizer, Transform) or not is_concrete(hparams):
+        return
+    first = {k: v[0] if batch and jnp.ndim(v) else v for k, v in hparams.items()}
+    first["key"] = jax.random.key(0)
+    optimizer(first)
+    for name, values in hparams.items():
+        if batch and jnp.ndim(values) == 1:
+            for value in np.unique(np.asarray(values)):
+                optimizer({**first, name: jnp.asarray(value, values.dtype)})
 
 
 def _check_members(key: Array, data: Dataset, hparams: Mapping[str, Array],

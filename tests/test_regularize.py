@@ -145,6 +145,21 @@ def test_a_validation_curve_over_lambda_is_one_call_equal_to_separate_fits():
     assert norms[0] > norms[1] > norms[2]  # and shrinks the weights
 
 
+def test_a_negative_strength_per_member_is_refused_before_training():
+    """Inside fit every knob is traced and l2's own check skipped it: a member with
+    l2 = -0.1 trained on (its weights growing); fit builds the optimizer on each
+    concrete value first."""
+    data = of.regression(jax.random.key(0), target="sin", n_train=20, noise=0.3)
+    keys = jax.random.split(jax.random.key(1), 3)
+    with pytest.raises(ValueError, match=r"l2=-0.1 is out of range; allowed values lie in "
+                                         r"\[0, inf\)"):
+        of.fit(of.polynomial(3), data, key=keys, optimizer=_l2_adam, epochs=5,
+               hparams={"l2": jnp.array([0.0, -0.1, 1.0])})
+    with pytest.raises(ValueError, match=r"l2=-1.0 is out of range"):  # one model too
+        of.fit(of.polynomial(3), data, key=keys[0], optimizer=_l2_adam, epochs=5,
+               hparams={"l2": -1.0})
+
+
 def test_input_noise_hparam():
     data = of.regression(jax.random.key(0), target="sin", n_train=20, noise=0.3)
     model = of.mlp(1, (8,))
