@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -105,3 +107,48 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def speed(ratio: float) -> str:
+    """``peer time / overfit time`` in words that cannot be misread: "0.8x faster" was
+    1.25x slower."""
+    if ratio >= 1:
+        return f"{ratio:.1f}x faster than"
+    return f"{1 / ratio:.1f}x SLOWER than"
+
+
+def run_child(cmd: Sequence[str], timeout: float) -> tuple[float, dict]:
+    """``(wall seconds, the JSON on its last line of stdout)`` of a child process.
+
+    A child that fails or hangs (concurrent LAPACK calls have hung on these CPUs)
+    stops the benchmark with its own stderr, not a bare CalledProcessError.
+    """
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else e.stderr or ""
+        raise SystemExit(f"{' '.join(cmd[1:])}: no result after {timeout:g} s "
+                         f"(hung?); its stderr:\n{err}") from None
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd[1:])} failed ({proc.returncode}):\n{proc.stderr}")
+    return wall, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_json(path: str, payload: Any) -> None:
+    """Write ``payload`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
+def check_json_path(path: str | None) -> str | None:
+    """An error for a ``--json`` path that could not be written, before the run, not after."""
+    if path is None:
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        return f"--json {path}: folder {folder} does not exist or is not writable"
+    return None

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -88,10 +87,10 @@ RUNNERS = {"overfit": run_overfit, "numpy": run_numpy}
 
 
 def whole_process(tool: str, draws: int) -> tuple[float, dict]:
+    from _common import run_child
+
     cmd = [sys.executable, str(Path(__file__).resolve()), "--only", tool, "--draws", str(draws)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return time.perf_counter() - t0, json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(cmd, timeout=1800)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,12 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", choices=sorted(RUNNERS), help="run one tool, print JSON")
     p.add_argument("--draws", type=int, default=DRAWS, help=f"draws per N (default {DRAWS})")
     args = p.parse_args(argv)
+    if args.draws < 1:
+        p.error(f"--draws {args.draws} must be >= 1")
     if args.only:
         print(json.dumps(RUNNERS[args.only](args.draws)))
         return 0
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import environment, table
+    from _common import cpu_pressure, environment, speed, table
 
     print(f"# bench_double_descent: {len(FEATURES)} values of N ({FEATURES[0]}..{FEATURES[-1]})"
           f" x {args.draws} draws, n={N_TRAIN}, d={D}, n_test={N_TEST}")
@@ -119,8 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"overfit sweep: {of['run_s']:.1f} s (goal < {GOAL_S:.0f} s: "
           f"{'met' if of['run_s'] < GOAL_S else 'NOT met'}); "
-          f"{npy['run_s'] / of['run_s']:.1f}x the numpy loop in-process, "
-          f"{results['numpy'][0] / results['overfit'][0]:.1f}x as whole processes")
+          f"{speed(npy['run_s'] / of['run_s'])} the numpy loop in-process, "
+          f"{speed(results['numpy'][0] / results['overfit'][0])} it as whole processes "
+          "(one run each: expect +-20 % on a shared machine)")
+    pressure = cpu_pressure()
+    if pressure is not None and pressure > 20:
+        print(f"WARNING: CPU pressure {pressure:g}% at the end: other work competed for the "
+              "cores, times may be inflated.")
     print()
     print("median test risk (different draws: Monte-Carlo agreement, the threshold is N = n)")
     show = [i for i, n in enumerate(FEATURES) if n in (FEATURES[0], FEATURES[-1])

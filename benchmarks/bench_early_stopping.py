@@ -78,15 +78,21 @@ def run_all(specs, model, data, keys, opt, epochs, repeat, clock):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=2000)
+    p.add_argument("--models", type=int, default=None, help="M (default 64)")
+    p.add_argument("--epochs", type=int, default=None, help="full budget (default 2000)")
     p.add_argument("--patience", type=int, default=20, help="the all-stop row's patience")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=None, help="steady calls (default 3)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="M = 8, 400 epochs, 2 repeats")
+    p.add_argument("--quick", action="store_true",
+                   help="M = 8, 400 epochs, 2 repeats (where not given)")
     args = p.parse_args()
-    if args.quick:
-        args.models, args.epochs, args.repeat = 8, 400, 2
+    defaults = dict(models=8, epochs=400, repeat=2) if args.quick else dict(
+        models=64, epochs=2000, repeat=3)
+    for k, v in defaults.items():  # --quick fills what was not given, not overrides it
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if min(args.models, args.epochs, args.repeat, args.patience) < 1:
+        p.error("--models, --epochs, --repeat and --patience must be >= 1")
 
     for k, v in environment().items():
         print(f"{k:>12}: {v}")
