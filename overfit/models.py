@@ -314,10 +314,15 @@ def mlp(
             jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:]), live[:-1]
         )):
             kw, kb = jax.random.split(k)
+            # weights into and out of masked units start (and, their gradients being 0,
+            # stay) at 0: a norm of the parameters (L2's, a global-norm clip's) is then the
+            # narrow network's own
+            rows, cols = jnp.arange(m) < live[i], jnp.arange(n) < live[i + 1]
             w = jax.random.normal(kw, (m, n)) * gain / jnp.sqrt(fan_in)
+            w = jnp.where(rows[:, None] & cols[None, :], w, 0.0)
             # zero hidden biases put every ReLU kink (every tanh centre) at x = 0,
             # which cripples low-dimensional inputs; PyTorch's U(+-1/sqrt(fan_in)) spreads them
-            bound = 1.0 / jnp.sqrt(fan_in) if i < len(hidden) else 0.0
+            bound = jnp.where(cols, 1.0 / jnp.sqrt(fan_in), 0.0) if i < len(hidden) else 0.0
             params.append({"w": w, "b": jax.random.uniform(kb, (n,), minval=-1.0) * bound})
         state = {
             "width": jnp.asarray(width, jnp.int32),

@@ -219,6 +219,7 @@ def _objective_and_outputs(model: Model, loss: str | Loss) -> Callable[..., tupl
     per_example = _per_example(loss)
 
     def f(params, state, x, y, key=None, weight=None):
+        x, y = _dropped_to_zero(weight, x), _dropped_to_zero(weight, y)
         out = model.apply(params, state, x, key=key, train=key is not None)
         return _mean(per_example(out, y), weight), out
 
@@ -235,11 +236,21 @@ def score_outputs(out: Array, y: Array, loss: str | Loss, task: str,
     """
     if not y.shape[0]:
         return jnp.asarray(jnp.nan), jnp.asarray(jnp.nan)
+    out, y = _dropped_to_zero(weight, out), _dropped_to_zero(weight, y)
     value = _mean(_per_example(loss)(out, y), weight)
     if task == "classification":
         pred = out > decision_threshold(loss) if out.ndim == 1 else jnp.argmax(out, axis=-1)
         return value, _mean(pred == y, weight)
     return value, _mean((out - y) ** 2, weight)
+
+
+def _dropped_to_zero(weight: Array | None, rows: Array) -> Array:
+    """``rows`` with those of weight 0 set to 0: a dropped row holding NaN (or inputs that
+    overflow) would otherwise reach the loss and its gradient as 0 * NaN = NaN."""
+    if weight is None:
+        return rows
+    keep = jnp.reshape(jnp.asarray(weight) > 0, (-1,) + (1,) * (jnp.ndim(rows) - 1))
+    return jnp.where(keep, rows, jnp.zeros((), rows.dtype))
 
 
 def _mean(values: Array, weight: Array | None) -> Array:

@@ -11,6 +11,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from overfit.models import dropout, legendre, linear, mlp, polynomial, random_features
@@ -281,6 +282,36 @@ def test_mlp_gradient_of_masked_units_is_exactly_zero():
     assert np.all(np.abs(g[1]["w"][:w, :w]) > 0) and np.all(np.abs(g[2]["w"][:w]) > 0)
 
 
+def test_masked_units_start_at_zero_so_norms_are_the_narrow_networks():
+    """Weights into and out of masked units were drawn like live ones: an L2 penalty
+    or a global-norm clip then saw a norm the narrow network does not have, and a
+    width-10 member of mlp(1, (16,)) trained apart from mlp(1, (10,)) under clipping."""
+    big, small = mlp(1, (16,)), mlp(1, (10,))
+    params, state = big.init(KEY, width=10)
+    assert not np.any(params[0]["w"][:, 10:]) and not np.any(params[0]["b"][10:])
+    assert not np.any(params[1]["w"][10:])
+    sliced = [{"w": params[0]["w"][:, :10], "b": params[0]["b"][:10]},
+              {"w": params[1]["w"][:10], "b": params[1]["b"]}]
+    norm = optax.global_norm
+    np.testing.assert_allclose(norm(params), norm(sliced), rtol=1e-6)
+    x = np.linspace(-1, 1, 16, dtype=np.float32)[:, None]
+    y = np.sin(3 * x[:, 0])
+    opt = optax.chain(optax.clip_by_global_norm(0.1), optax.sgd(0.5))
+
+    def train(model, p, s):
+        def step(_, carry):
+            p, o = carry
+            g = jax.grad(lambda q: jnp.mean((model.apply(q, s, x) - y) ** 2))(p)
+            u, o = opt.update(g, o, p)
+            return optax.apply_updates(p, u), o
+
+        p, _ = jax.jit(lambda p: jax.lax.fori_loop(0, 20, step, (p, opt.init(p))))(p)
+        return model.apply(p, s, x)
+
+    np.testing.assert_allclose(train(big, params, state),
+                               train(small, sliced, small.init(KEY)[1]), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("activation, gain", [("tanh", 1.0), ("relu", np.sqrt(2.0))])
 def test_mlp_init_std_scales_with_live_fan_in(activation, gain):
     """Weights ~ N(0, gain^2 / live fan-in); SE of a sample std is sigma / sqrt(2N)."""
@@ -290,12 +321,13 @@ def test_mlp_init_std_scales_with_live_fan_in(activation, gain):
     params, state = init(jax.random.split(KEY, 2), jnp.array(widths))
     np.testing.assert_array_equal(state["width"], widths)
     for i, w in enumerate(widths):
-        first = np.asarray(params[0]["w"][i])  # fan-in n_in = 4 whatever the width
+        first = np.asarray(params[0]["w"][i])[:, :w]  # fan-in n_in = 4 whatever the width
         assert abs(first.std() - gain / 2.0) < 3 * (gain / 2.0) / np.sqrt(2 * first.size)
         sigma = gain / np.sqrt(w)
         for layer in (1, 2):
-            live_rows = np.asarray(params[layer]["w"][i])[:w]  # fan-in w
-            assert abs(live_rows.std() - sigma) < 3 * sigma / np.sqrt(2 * live_rows.size), w
+            live = np.asarray(params[layer]["w"][i])[:w, :w]  # fan-in w
+            assert abs(live.std() - sigma) < 3 * sigma / np.sqrt(2 * live.size), w
+            assert not np.any(np.asarray(params[layer]["w"][i])[w:])  # masked units: 0
 
 
 def test_mlp_without_hidden_layers_is_a_linear_model():

@@ -317,6 +317,24 @@ def test_weighted_fit_trains_on_the_points_it_keeps(hparams):
         np.testing.assert_allclose(padded.test_metric[got], want.test_metric[got], rtol=2e-5)
 
 
+def test_rows_of_weight_zero_never_reach_the_loss():
+    """Dropped rows holding NaN targets (or inputs that overflow) made the fit NaN from
+    epoch 0 (0 * NaN is NaN, in the loss and in its gradient): the mask promises the
+    rows are absent, and they now are, as in solve."""
+    data, model = _sine(3, n_train=12), polynomial(5)
+    mask = (np.arange(12) < 8).astype(np.float32)
+    run = dict(key=jax.random.key(1), weight=mask, epochs=10, early_stopping=NEVER)
+    clean = fit(model, data, **run)
+    y, x = np.array(data.y_train), np.array(data.x_train)
+    y[8:], x[8:] = np.nan, 1e25
+    for bad in (dataclasses.replace(data, y_train=jnp.asarray(y)),
+                dataclasses.replace(data, x_train=jnp.asarray(x))):
+        got = fit(model, bad, **run)
+        assert int(got.diverged_epoch) == -1
+        np.testing.assert_array_equal(got.params["coef"], clean.params["coef"])
+        np.testing.assert_array_equal(got.history.train_loss, clean.history.train_loss)
+
+
 def test_weighted_fit_arguments(reg_data):
     key, keys, model = jax.random.key(0), jax.random.split(jax.random.key(0), 3), linear(1)
     with pytest.raises(ValueError, match="weight= needs full-batch training; got batch_size=8"):
