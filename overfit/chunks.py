@@ -393,7 +393,8 @@ def run_chunks(
             and inputs loads them instead of recomputing (resume after a kill);
             a different computation in the same folder is an error.
         progress: a ``tqdm.auto`` bar over the members; None shows it only when
-            there is more than one chunk and the run lasts over 2 s.
+            there is more than one chunk (or chunks were loaded from ``store``)
+            and the run lasts over 2 s.
         process: ``(index, count)`` of this process among several sharing
             ``store`` (default ``jax.process_index(), jax.process_count()``).
             Process ``i`` runs the ``i``-th of ``count`` contiguous blocks of

@@ -625,7 +625,7 @@ def linear(
 ) -> Dataset:
     """Isotropic Gaussian linear model ``y = x . b + sqrt(s2) N(0, 1)``, ``x ~ N(0, I_p)``.
 
-    The setting of the double-descent theory (GROUND_TRUTH section 2): with
+    The setting of the double-descent theory (Belkin, Hsu & Xu 2019; Hastie et al. 2019): with
     ``coef=None``, ``b`` is uniform on the sphere ``|b|^2 = r2`` (exactly, not just in
     expectation), drawn from its own split of ``key``. A ``link`` other than
     ``"identity"`` makes it a single-index model ``f = g(x . b)`` with ``g`` from

@@ -1,4 +1,7 @@
-"""Bias-variance decompositions of prediction arrays (GROUND_TRUTH.md §4).
+"""Bias-variance decompositions of prediction arrays.
+
+Squared loss; 0-1 loss after Domingos (2000) and Kohavi & Wolpert (1996);
+cross-entropy after Yang et al. (2020); the variance split of Neal et al. (2018).
 
 Every function takes the predictions of ``R`` models (leading axis) at ``n``
 test points and returns the terms averaged over the points, each with a
@@ -7,7 +10,8 @@ a point-average is ``std_x / sqrt(n)``).
 
 Variances are over the models axis. ``ddof=0`` (default) makes the identities
 exact on the given predictions and matches mlxtend; ``ddof=1`` gives the
-unbiased estimate ``R/(R-1)`` times larger (GROUND_TRUTH §4, finite ensembles).
+unbiased estimate ``R/(R-1)`` times larger (a plug-in variance of R models is
+biased low by (R-1)/R).
 """
 
 from __future__ import annotations
@@ -370,7 +374,7 @@ def variance_split(preds: Array) -> VarianceSplit:
 
     Unbiased estimators: the within-set variance uses ddof=1; the variance of
     the per-set means (ddof=1) overstates the sampling part by
-    ``E[Var_init] / n_inits``, which is subtracted (GROUND_TRUTH §4). ``total``
+    ``E[Var_init] / n_inits``, which is subtracted. ``total``
     is their sum.
     """
     if preds.ndim != 3 or preds.shape[0] < 2 or preds.shape[1] < 2:

@@ -103,7 +103,10 @@ def patience(
             (>= 0; a change of exactly ``min_delta`` is none, as in Keras).
         patience: stop after this many consecutive epochs without improvement.
         baseline: an improvement also resets the counter only when it beats
-            this value; training stops after ``patience`` epochs if it never does.
+            this value, so with a baseline never beaten training stops at the
+            first epoch without improvement once ``patience`` epochs have passed
+            (as in Keras; a value that keeps improving without beating it never
+            stops).
         start_from_epoch: evaluations before this one are ignored (warm-up);
             with ``fit(eval_every=1)`` these are epochs.
         restore_best: return the parameters of ``best_epoch`` (default on: the

@@ -939,7 +939,8 @@ def _signal_on_first(data: datasets.Dataset, n_inputs: jax.Array, key: jax.Array
 
     Keeps the draw's inputs and noise and redraws ``b`` uniform on the sphere
     ``|b|^2 = r2`` of that subspace, so a model using the first ``n_inputs``
-    inputs is exactly the GROUND_TRUTH §2 setting with p = n_inputs.
+    inputs is exactly the isotropic min-norm setting (:func:`overfit.theory.min_norm_risk`)
+    with p = n_inputs.
     """
     g = jax.random.normal(key, (data.n_features,)) * (jnp.arange(data.n_features) < n_inputs)
     b = g * jnp.sqrt(r2) / jnp.linalg.norm(g)

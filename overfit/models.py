@@ -47,7 +47,8 @@ class Model(NamedTuple):
         apply: ``apply(params, state, x, *, key=None, train=False) -> out`` for
             ``x`` of shape ``(n, d)``. ``key`` is required when ``train`` and
             the model is stochastic (dropout).
-        n_params: ``n_params(state) -> int`` live parameter count.
+        n_params: ``n_params(state) -> Array`` (int32 scalar; per member under
+            vmap): the live parameter count.
         features: for models linear in their parameters,
             ``features(state, x) -> (n, P)`` with ``apply = features @ coef``;
             None otherwise. Closed-form solvers use it.

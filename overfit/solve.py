@@ -17,7 +17,8 @@ whose live block has a Frobenius condition number
 member the SVD would truncate slips through) or is singular is solved by the
 SVD, so the two paths agree to round-off. A vmapped sweep stays batched: the
 QR, the triangular solves and the fallback SVD of the flagged members are one
-batched call each, in sequence (ARCHITECTURE.md on independent LAPACK calls).
+batched call each, in sequence: independent LAPACK calls in one program have
+been seen to hang in OpenBLAS on 2-core CPUs.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def solve(phi: Array, y: Array, *, ridge: Array | float = 0.0, rcond: float | No
         y: targets, ``(n,)`` or ``(n, k)``.
         ridge: penalty lambda >= 0, a scalar (may be traced; vmap for a grid of
             penalties); the solution is ``(phi'phi + n lambda I)^-1 phi'y``, the
-            GROUND_TRUTH §2 convention.
+            convention of the min-norm / ridge theory (:mod:`overfit.theory`).
         rcond: relative singular-value cutoff >= 0 (may be traced): directions
             whose singular value is below ``rcond`` times the largest are dropped,
             with or without a ridge; default ``10 max(n, P) eps``, counting only
@@ -222,7 +223,8 @@ def fit_linear(
     Args:
         model: a model with ``features`` (polynomial, random features, linear).
         state: that model's state (capacity, feature weights).
-        x: inputs ``(n, d)``; y: targets ``(n,)``.
+        x: inputs ``(n, d)``; y: targets ``(n,)``, or ``(n, k)`` for a model with
+            ``n_out = k`` (then the coefficients are ``(P, k)``).
         ridge: L2 strength lambda (see :func:`solve`).
         weight: per-point weights ``(n,)`` >= 0 (see :func:`solve`); a 0/1
             mask trains on the points it keeps.

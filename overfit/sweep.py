@@ -88,7 +88,7 @@ def map_members(f: Any, members: Any, *, shared: Any = None, batch_size: int | N
     separate calls (:func:`overfit.chunks.run_chunks`: the last one padded,
     results on the host, optionally stored for resume), not a loop inside
     the program: LAPACK calls inside a compiled loop have been seen to stall
-    for minutes on a busy 2-core CPU (ARCHITECTURE.md). ``None`` runs
+    for minutes on a busy 2-core CPU. ``None`` runs
     everything at once.
 
     ``devices`` (default: the first device only) splits each batch across

@@ -1,6 +1,9 @@
-"""Analytic curves of GROUND_TRUTH.md §1-2, for overlays and tests.
+"""Analytic curves of least squares (ESL 7.3-7.4) and of min-norm / ridge least
+squares (Belkin, Hsu & Xu 2019; Hastie, Montanari, Rosset & Tibshirani 2019), for
+overlays and tests.
 
-Risks exclude the noise: the test MSE on noisy labels is ``risk + s2``.
+The min-norm and ridge risks exclude the noise (the test MSE on noisy labels is
+``risk + s2``); :func:`fixed_design`'s training and test errors include it.
 ``gamma = p / n`` (parameters per training sample).
 """
 

@@ -66,14 +66,20 @@ class History(NamedTuple):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class FitResult:
-    """What :func:`fit` returns; every leaf has the leading models axes.
+    """What :func:`fit` returns; with ``M`` keys every leaf has a leading ``M`` axis.
+
+    With ``M`` keys the leaves are host NumPy arrays (the members ran in chunks,
+    :func:`overfit.chunks.run_chunks`); with one key, or inside a caller's
+    ``jit``, JAX arrays.
 
     Attributes:
         params, state: the trained model (the best epoch's parameters when an
             early-stopping rule with ``restore_best`` was given).
         history: per-epoch curves.
-        best_epoch: epoch of the returned parameters (0-based).
-        stop_epoch: last epoch trained (0-based).
+        best_epoch: epoch of the returned parameters (0-based; -1 for a member
+            that diverged at its first evaluation).
+        stop_epoch: last epoch trained (0-based; -1 for a member that diverged
+            at its first evaluation).
         test_loss, test_metric: loss and metric of the returned parameters on
             the test split.
         diverged_epoch: epoch (0-based) after which the training loss was
@@ -118,7 +124,11 @@ class FitResult:
 
 def default_loss(model: Model, data: Dataset) -> str:
     """``"mse"`` for regression, ``"bce"`` for a one-logit classifier, else ``"ce"``."""
-    if data.task == "regression":
+    return _task_loss(model, data.task)
+
+
+def _task_loss(model: Model, task: str) -> str:
+    if task == "regression":
         return "mse"
     return "bce" if model.n_out == 1 else "ce"
 
@@ -262,14 +272,32 @@ def _mean(values: Array, weight: Array | None) -> Array:
 
 
 def evaluate(model: Model, params: Params, state: State, x: Array, y: Array,
-             *, loss: str | Loss = "mse", task: str = "regression") -> tuple[Array, Array]:
+             *, loss: str | Loss | None = None, task: str | None = None
+             ) -> tuple[Array, Array]:
     """``(loss, metric)`` of one model on ``(x, y)`` in evaluation mode.
 
-    The metric is the accuracy for classification, the mean squared error for
-    regression. An empty split gives NaN. ``x`` is ``(n, d)``, ``y`` ``(n,)``.
+    Args:
+        x: inputs ``(n, d)``; y: targets ``(n,)``: floats (regression) or
+            integer / bool class labels (classification).
+        loss: the loss the model was trained with; default as :func:`fit`
+            picks it (:func:`default_loss`: ``"mse"``, else ``"bce"`` for one
+            output, ``"ce"`` for several). It also sets where a one-output
+            classifier's output turns to class 1 (:func:`decision_threshold`).
+        task: ``"regression"`` or ``"classification"``; default from ``y``'s dtype.
+
+    Returns:
+        The loss and the metric: accuracy for classification, the mean squared
+        error for regression. An empty split gives NaN.
     """
+    if task is None:
+        labels = jnp.issubdtype(jnp.result_type(y), jnp.integer) or jnp.result_type(y) == bool
+        task = "classification" if labels else "regression"
     check_choice("task", task, ("regression", "classification"))
     _check_targets(x, y, "x", "y")
+    if task == "regression" and model.n_out != 1:  # (n, k) outputs against (n,) targets
+        raise ValueError(f"a regression model has one output; this one has n_out="
+                         f"{model.n_out}: pass class labels (or task='classification').")
+    loss = _task_loss(model, task) if loss is None else loss
     return score_outputs(model.apply(params, state, x), y, loss, task)
 
 
@@ -540,7 +568,9 @@ def fit(
     Args:
         model: from :mod:`overfit.models`. On a CUDA GPU, full-batch square-loss
             training of a model with ``mse_grad`` (an MLP) takes its gradient
-            from that fused kernel (:mod:`overfit.kernels`).
+            from that fused kernel (:mod:`overfit.kernels`), unless ``weight``
+            is given or training differs from evaluation (dropout, input
+            noise): autodiff then.
         data: a :class:`~overfit.data.Dataset`.
         key: PRNG key(s): initialisation, shuffling, dropout and input noise.
         optimizer: an optax transformation, or a function of the member's

@@ -16,7 +16,7 @@ import optax
 import pytest
 
 from overfit.clock import CompileClock
-from overfit.data import Dataset, regression
+from overfit.data import Dataset, classification, regression
 from overfit.early_stopping import never, patience
 from overfit.models import linear, mlp, polynomial
 from overfit.solve import solve
@@ -618,6 +618,22 @@ def test_square_loss_on_class_labels_predicts_class_one_past_the_labels_midpoint
     np.testing.assert_allclose(got["train_accuracy"], want)
     val = np.asarray(model.apply(res.params, res.state, data.x_val))
     np.testing.assert_allclose(got["val_accuracy"], np.mean((val > 0.5) == np.asarray(data.y_val)))
+
+
+def test_evaluate_scores_as_fit_does_without_being_told_the_loss():
+    """evaluate defaulted to loss='mse', task='regression': a logit classifier got the
+    MSE of its logits, or (task given) accuracy cut at 0.5 instead of 0; a two-class
+    softmax model failed in a broadcast. It now picks both as fit does."""
+    data = classification(jax.random.key(0), shape="moons", n_train=40, n_val=20, n_test=40)
+    for model in (mlp(2, (16,)), mlp(2, (16,), n_out=2)):
+        res = fit(model, data, key=jax.random.key(1), epochs=100, eval_every=100,
+                  early_stopping=NEVER)
+        loss, accuracy = evaluate(model, res.params, res.state, data.x_test, data.y_test)
+        np.testing.assert_allclose([loss, accuracy], [res.test_loss, res.test_metric],
+                                   rtol=1e-6)
+    with pytest.raises(ValueError, match=r"a regression model has one output; this one has "
+                                         r"n_out=2"):
+        evaluate(model, res.params, res.state, data.x_test, data.y_test.astype(jnp.float32))
 
 
 def test_valid_inputs_next_to_the_refused_ones_still_pass(cls_data):
