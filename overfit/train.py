@@ -290,7 +290,8 @@ def evaluate(model: Model, params: Params, state: State, x: Array, y: Array,
         error for regression. An empty split gives NaN.
     """
     if task is None:
-        labels = jnp.issubdtype(jnp.result_type(y), jnp.integer) or jnp.result_type(y) == bool
+        labels = jnp.issubdtype(jnp.result_type(y), jnp.integer) or jnp.issubdtype(
+            jnp.result_type(y), jnp.bool_)
         task = "classification" if labels else "regression"
     check_choice("task", task, ("regression", "classification"))
     _check_targets(x, y, "x", "y")
