@@ -18,7 +18,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from overfit._checks import check_choice
+from overfit._checks import check_choice, check_int
 from overfit.train import FitResult
 
 
@@ -411,7 +411,12 @@ class HistogramDisplay:
 
 def panels(n: int, *, ncols: int | None = None, size: tuple[float, float] = (5.0, 4.0),
            title: str | None = None, sharey: bool = False) -> tuple[plt.Figure, np.ndarray]:
-    """A figure with ``n`` axes in a grid (``ncols`` defaults to ``min(n, 3)``)."""
+    """A figure of ``size`` (inches) per panel with ``n`` axes in a grid.
+
+    ``ncols`` defaults to ``min(n, 3)``; ``title`` goes above the grid; ``sharey``
+    shares the y axes. Returns ``(figure, axes)``, the axes a 1-D array of ``n``.
+    """
+    n = check_int("n", n, lo=1)
     ncols = ncols or min(n, 3)
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),

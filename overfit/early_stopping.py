@@ -164,6 +164,14 @@ def prechelt(
     "epoch" here is one call of ``update``: inside ``fit`` one evaluation, so with
     ``eval_every > 1`` a strip is ``k`` evaluations (``k * eval_every`` epochs). A
     NaN evaluation never becomes ``E_opt``.
+
+    Args:
+        rule: ``"GL"``, ``"PQ"`` or ``"UP"``.
+        alpha: GL / PQ threshold (>= 0, in percent for GL), or UP's number of
+            rising strips (a whole number >= 1).
+        monitor: the validation error: ``"val_loss"`` or ``"val_mse"``.
+        strip: ``k``, epochs (evaluations) per strip.
+        restore_best: return the parameters of the epoch reaching ``E_opt``.
     """
     check_choice("rule", rule, ("GL", "PQ", "UP"))
     sign = _mode_sign(monitor, "auto")
@@ -173,8 +181,8 @@ def prechelt(
         raise ValueError(f"monitor={monitor!r}: Prechelt's criteria need a validation error "
                          "to minimise; use val_loss or val_mse.")
     k = check_int("strip", strip, lo=1)
-    if rule == "UP":
-        check_int("alpha", alpha, lo=1)
+    if rule == "UP":  # a count of strips: 2 and 2.0 alike
+        alpha = int(check_range("alpha", alpha, lo=1, whole=True))
     else:
         check_range("alpha", alpha, lo=0.0)
 

@@ -10,11 +10,12 @@ The min-norm and ridge risks exclude the noise (the test MSE on noisy labels is
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from overfit._checks import check_range
 
 
-def _check_signal_noise(r2: float, s2: float, gamma=None) -> None:
+def _check_signal_noise(r2: float, s2: ArrayLike, gamma: ArrayLike | None = None) -> None:
     check_range("r2", r2, lo=0.0)
     check_range("s2", s2, lo=0.0)
     if gamma is not None:
@@ -28,6 +29,8 @@ def fixed_design(p: int, n: int, s2: float = 1.0) -> dict[str, float]:
     training MSE ``s2 (1 - p/n)``, the expected in-sample test error
     ``s2 (1 + p/n)`` and the optimism ``2 s2 p/n``.
     """
+    check_range("p", p, whole=True)  # a number of parameters: 2.5 has no design
+    check_range("n", n, whole=True)
     if not 0 < p <= n:
         raise ValueError(f"p={p} must lie in [1, n={n}] for a full-rank design.")
     check_range("s2", s2, lo=0.0)
@@ -35,7 +38,7 @@ def fixed_design(p: int, n: int, s2: float = 1.0) -> dict[str, float]:
             "optimism": 2 * s2 * p / n}
 
 
-def min_norm_risk(p, n, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
+def min_norm_risk(p: ArrayLike, n: ArrayLike, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
     """Exact finite-sample ``E |bhat - b|^2`` of min-norm least squares, x ~ N(0, I_p).
 
     ``s2 p / (n - p - 1)`` for ``p <= n - 2``; ``r2 (1 - n/p) + s2 n / (p - n - 1)``
@@ -54,7 +57,7 @@ def min_norm_risk(p, n, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
     return np.where(p < n - 1, under, np.where(p > n + 1, over, np.inf))
 
 
-def min_norm_risk_asymptotic(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
+def min_norm_risk_asymptotic(gamma: ArrayLike, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
     """Hastie, Montanari, Rosset & Tibshirani's limit of :func:`min_norm_risk`, gamma = p/n.
 
     ``s2 gamma / (1 - gamma)`` below 1, ``r2 (1 - 1/gamma) + s2 / (gamma - 1)``
@@ -68,7 +71,7 @@ def min_norm_risk_asymptotic(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndar
     return np.where(g < 1, under, np.where(g > 1, over, np.inf))
 
 
-def optimal_ridge_risk(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
+def optimal_ridge_risk(gamma: ArrayLike, r2: float = 1.0, s2: ArrayLike = 1.0) -> np.ndarray:
     """Asymptotic risk of optimally tuned ridge ``(X'X + n l I)^-1 X'y``.
 
     At ``l* = s2 gamma / r2``: ``R* = s2 gamma m(-l*)`` with
@@ -89,7 +92,7 @@ def optimal_ridge_risk(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
     return np.where(s2 == 0, r2 * np.maximum(0.0, 1 - 1 / g), risk)
 
 
-def optimal_ridge_lambda(gamma, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
+def optimal_ridge_lambda(gamma: ArrayLike, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
     """The optimal ridge strength ``l* = s2 gamma / r2`` in the ``n l`` convention."""
     check_range("r2", r2, lo=0.0, lo_open=True)
     _check_signal_noise(r2, s2, gamma)

@@ -215,6 +215,12 @@ def _per_example(loss: str | Loss) -> Loss:
 def objective(model: Model, loss: str | Loss = "mse") -> Callable[..., Array]:
     """The low-level training objective of one model on one batch.
 
+    Args:
+        model: any model of :mod:`overfit.models`.
+        loss: ``"mse"`` (HALF the mean squared error, whose gradient is the
+            residual), ``"bce"``, ``"ce"``, ``"mse_onehot"``, or
+            ``f(out, y) -> per-example losses``.
+
     Returns:
         ``f(params, state, x, y, key=None, weight=None) -> scalar``: the mean
         (optionally ``weight``-ed) per-example loss, with dropout active when a

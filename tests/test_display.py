@@ -297,3 +297,13 @@ def test_results_and_data_print_their_shapes_not_their_numbers():
     shapes = jax.tree.map(np.shape, data)
     assert repr(shapes).startswith("Dataset(x_train=(30, 1), y_train=(30,), f_train=(30,)")
     assert "history=History(train_loss=(3, 4)" in repr(jax.tree.map(np.shape, result))
+
+
+def test_panels_gives_n_axes_and_refuses_none():
+    from overfit.display import panels
+
+    fig, axes = panels(4, title="t")
+    assert axes.shape == (4,) and sum(ax.get_visible() for ax in fig.axes) == 4
+    plt.close(fig)
+    with pytest.raises(ValueError, match=r"n=0 is out of range"):  # was ZeroDivisionError
+        panels(0)

@@ -430,3 +430,16 @@ def test_never_trains_the_full_budget():
         state = rule.update(state, epoch, 1.0, 1.0)
     assert not bool(state.stopped) and int(state.stop_epoch) == -1
     assert rule.restore_best is False and rule.monitor == "val_loss"
+
+
+def test_up_takes_a_whole_alpha_given_as_a_float():
+    """prechelt('UP', 2.0) was refused ("must be an integer"); 2.0 strips are 2."""
+    rules = [prechelt("UP", a, strip=1) for a in (2, 2.0)]
+    values = [3.0, 2.0, 2.5, 2.7, 2.9, 1.0]
+    stops = []
+    for rule in rules:
+        state = rule.init()
+        for epoch, v in enumerate(values):
+            state = rule.update(state, epoch, v, v)
+        stops.append(int(state.stop_epoch))
+    assert stops[0] == stops[1] == 3  # rose at 2 and 3: two successive rising strips

@@ -107,6 +107,7 @@ def test_curves_take_lists_arrays_and_sizes_between_whole_ones():
     (lambda: theory.min_norm_risk_asymptotic(0.5, s2=-1.0), r"s2=-1.0 is out of range"),
     (lambda: theory.fixed_design(3, 10, s2=-1.0), r"s2=-1.0 is out of range"),
     (lambda: theory.optimal_ridge_lambda(0.0), r"gamma=0.0 is out of range"),
+    (lambda: theory.fixed_design(2.5, 10), r"p=2.5 must be a whole number"),
 ])
 def test_theory_refuses_inputs_outside_its_formulas(call, message):
     with pytest.raises(ValueError, match=message):
