@@ -148,6 +148,12 @@ def polynomial(max_degree: int, *, domain: tuple[float, float] = (0.0, 1.0)) -> 
     instead of raw powers (whose Vandermonde matrix is singular to working
     precision by degree ~15 on [0, 1]). Coefficients above the live ``degree``
     are masked. ``init(key, degree=max_degree)``.
+
+    Args:
+        max_degree: the largest degree (>= 0): ``max_degree + 1`` coefficients.
+        domain: ``(lo, hi)``, the input interval mapped onto [-1, 1].
+
+    ``apply`` takes ``x`` of shape ``(n, 1)`` and returns ``(n,)``.
     """
     max_degree = check_int("max_degree", max_degree, lo=0)
     lo, hi = check_domain(domain)
@@ -185,6 +191,12 @@ def random_features(
     the init key and kept in ``state``; only the ``max_features`` output
     coefficients are trained. Features at index >= the live ``n_features`` are
     masked. ``init(key, n_features=max_features)``.
+
+    Args:
+        max_features: N, the largest number of features (>= 1).
+        n_in: input dimension d: ``apply`` takes ``(n, d)``, returns ``(n,)``.
+        kind: ``"fourier"`` or ``"relu"``.
+        scale: the bandwidth of ``W`` (Fourier) or the std of ``b`` (ReLU), > 0.
     """
     max_features = check_int("max_features", max_features, lo=1)
     n_in = check_int("n_in", n_in, lo=1)
@@ -221,6 +233,11 @@ def linear(n_in: int, *, n_out: int = 1, bias: bool = True) -> Model:
     isotropic linear model of the double-descent theory. Capacity: only the
     first ``n_inputs`` inputs are used, ``init(key, n_inputs=n_in)`` (a p/n
     sweep on one data set).
+
+    Args:
+        n_in: input dimension d: ``apply`` takes ``(n, d)``.
+        n_out: outputs: ``apply`` returns ``(n,)`` for 1, else ``(n, n_out)``.
+        bias: whether to add an intercept (``d + 1`` coefficients per output).
     """
     n_in = check_int("n_in", n_in, lo=1)
     n_out = check_int("n_out", n_out, lo=1)
@@ -269,6 +286,14 @@ def mlp(
     compiled in when the constructor's ``drop_rate`` or ``input_drop_rate`` is
     positive: to sweep rates including 0 per member, construct with a positive
     default and pass ``drop_rate`` to ``init``.
+
+    Args:
+        n_in: input dimension d: ``apply`` takes ``(n, d)``.
+        hidden: hidden widths, e.g. ``(64, 64)``; ``()`` is a linear model.
+        n_out: outputs: ``apply`` returns ``(n,)`` for 1, else ``(n, n_out)``.
+        activation: ``"tanh"``, ``"relu"``, ``"sigmoid"``, ``"gelu"`` or ``"linear"``.
+        drop_rate, input_drop_rate: default dropout probabilities of the hidden
+            units and of the inputs, in [0, 1).
     """
     n_in = check_int("n_in", n_in, lo=1)
     n_out = check_int("n_out", n_out, lo=1)
