@@ -249,13 +249,21 @@ class _Store:
     against resuming a different computation from the same folder.
     """
 
-    def __init__(self, path: str | os.PathLike, fingerprint: str, n: int, replace: bool = False):
+    def __init__(self, path: str | os.PathLike, fingerprint: str, n: int, replace: bool = False,
+                 wait: float | None = None):
+        """``replace``: a folder of another computation is emptied; ``wait`` (seconds
+        between looks): instead, wait until another process has replaced it (of several
+        processes sharing a store only one may empty it, or one would delete the chunks
+        and manifest another has just written)."""
         self.path = Path(path)
         manifest = self.path / "manifest.json"
         mine = {"fingerprint": fingerprint, "members": n}
-        if replace and manifest.exists() and json.loads(manifest.read_text()) != mine:
+        if replace and _read(manifest) not in (None, mine):
             log.info("%s: stored chunks are of another computation; starting afresh", path)
             shutil.rmtree(self.path)
+        if wait is not None and _read(manifest) not in (None, mine):
+            while _read(manifest) != mine:  # not just gone: the replacer may be mid-way
+                time.sleep(wait)
         self.path.mkdir(parents=True, exist_ok=True)
         if manifest.exists():
             theirs = json.loads(manifest.read_text())
@@ -284,6 +292,14 @@ class _Store:
     def load(path: Path) -> list[np.ndarray]:
         with np.load(path) as z:
             return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+
+def _read(manifest: Path) -> dict | None:
+    """A manifest's content, or None when there is none (or it is being removed)."""
+    try:
+        return json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
@@ -441,7 +457,11 @@ def run_chunks(
                          "(a folder every process can read and write).")
     saved = None
     if store is not None:
-        saved = _Store(store, _fingerprint(body, host, shared), n, replace=from_ambient)
+        # of several processes sharing an ambient store, the first empties a stale
+        # folder and the others wait for it
+        saved = _Store(store, _fingerprint(body, host, shared), n,
+                       replace=from_ambient and index == 0,
+                       wait=poll_s if from_ambient and index > 0 else None)
     # chunks are written into the result as they finish: the host holds it once, not
     # once in pieces and again concatenated
     result = _Result([np.empty((n, *a.shape[1:]), a.dtype) for a in out_leaves])

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -289,6 +290,34 @@ def test_the_recorded_chunk_size_is_the_one_that_ran(tmp_path, monkeypatch):
     with chunks.storing(tmp_path) as stored, pytest.warns(RuntimeWarning):
         chunks.run_chunks(_square_plus, _members(8), shared=jnp.float32(1), chunk_size=4)
     assert stored.chunks == [{"members": 8, "chunk_size": 2}]
+
+
+def test_of_processes_sharing_a_stale_ambient_store_only_the_first_empties_it(tmp_path):
+    """Each process emptied a stale storing() subfolder: one could delete the manifest and
+    chunks another had just written, and then wait forever for them. Now the others wait
+    for process 0 to replace it, and both return the whole result."""
+    import threading
+
+    want = chunks.run_chunks(_square_plus, _members(8), shared=jnp.float32(2))
+    with chunks.storing(tmp_path):  # a stale computation in subfolder 000
+        chunks.run_chunks(_square_plus, _members(8), shared=jnp.float32(5), chunk_size=2)
+    stale = (tmp_path / "000" / "manifest.json").read_text()
+    got = {}
+
+    def process(i):
+        with chunks.storing(tmp_path):
+            got[i] = chunks.run_chunks(_square_plus, _members(8), shared=jnp.float32(2),
+                                       chunk_size=2, process=(i, 2), poll_s=0.05)
+
+    second = threading.Thread(target=process, args=(1,))
+    second.start()
+    time.sleep(0.5)  # process 1 arrives first and must leave the stale folder alone
+    assert (tmp_path / "000" / "manifest.json").read_text() == stale
+    process(0)
+    second.join(timeout=60)
+    assert not second.is_alive()
+    for i in (0, 1):
+        _assert_same(got[i], want, rtol=0)
 
 
 def test_two_jax_distributed_processes_share_a_fit_through_the_store(tmp_path):
