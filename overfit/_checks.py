@@ -120,9 +120,9 @@ def check_range(
     if isinstance(value, (str, bytes)):  # np.asarray("0.1", float) would take it
         raise ValueError(f"{field}={value!r} must be a number, not a string.")
     arr = np.asarray(value, dtype=float)
-    shown = _shown(value)
     if whole and np.any(np.isfinite(arr) & (arr != np.round(arr))):
-        raise ValueError(f"{field}={shown} must be a whole number (or whole numbers).")
+        raise ValueError(f"{field}={_shown(value)} must be a whole number (or whole numbers)."
+                         if arr.size <= 8 else f"{field} must hold whole numbers.")
     bad = ~np.isfinite(arr)
     if lo is not None:
         bad |= arr <= lo if lo_open else arr < lo
@@ -133,7 +133,8 @@ def check_range(
         if arr.size > 8:  # a long array's repr would bury the message
             raise ValueError(f"{field} has {int(bad.sum())} of {arr.size} values out of range "
                              f"(first: {arr[bad].flat[0]:g}); allowed values lie in {allowed}.")
-        raise ValueError(f"{field}={shown} is out of range; allowed values lie in {allowed}.")
+        raise ValueError(f"{field}={_shown(value)} is out of range; allowed values lie in "
+                         f"{allowed}.")
     return value
 
 

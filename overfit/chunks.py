@@ -74,15 +74,30 @@ def device_memory(device: Any) -> int:
 def _cgroup_free(root: Path = Path("/sys/fs/cgroup")) -> int | float:
     """What this process's cgroup (a container, a SLURM job) may still allocate: ``/proc``
     reports the host's memory, which a job limited to a share of it would overrun."""
-    for limit, usage in (("memory.max", "memory.current"),  # cgroup v2
-                         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+    for limit, usage, stat, cache in (
+            ("memory.max", "memory.current", "memory.stat", "inactive_file"),  # cgroup v2
+            ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+             "memory/memory.stat", "total_inactive_file")):
         try:
             cap, used = (root / limit).read_text().strip(), (root / usage).read_text().strip()
         except OSError:
             continue
         if cap.isdigit() and used.isdigit() and int(cap) < 1 << 60:  # v1's "no limit" is ~2**63
-            return max(int(cap) - int(used), 0)
+            # the usage counts page cache the kernel hands back on demand: not taken
+            return max(int(cap) - int(used) + _stat(root / stat, cache), 0)
     return math.inf
+
+
+def _stat(path: Path, field: str) -> int:
+    """One field of a cgroup's memory.stat (0 when absent)."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == field and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return 0
 
 
 def _size(aval: Any) -> int:
@@ -261,8 +276,9 @@ class _Store:
         if replace and _read(manifest) not in (None, mine):
             log.info("%s: stored chunks are of another computation; starting afresh", path)
             shutil.rmtree(self.path)
-        if wait is not None and _read(manifest) not in (None, mine):
-            while _read(manifest) != mine:  # not just gone: the replacer may be mid-way
+        if wait is not None:  # only the replacer writes the manifest: nothing races it
+            log.info("%s: waiting for process 0's manifest", path)
+            while _read(manifest) != mine:
                 time.sleep(wait)
         self.path.mkdir(parents=True, exist_ok=True)
         if manifest.exists():
@@ -498,6 +514,10 @@ class _Result:
 
     def put(self, start: int, stop: int, leaves: list[np.ndarray]) -> None:
         for out, part in zip(self.leaves, leaves, strict=True):
+            if len(part) != stop - start:  # numpy would broadcast one row over the slice
+                raise ValueError(f"the program returned {len(part)} rows for a chunk of "
+                                 f"{stop - start} members: every output needs one row per "
+                                 "member.")
             # np.savez keeps bfloat16 / float8 as raw bytes ("|V2"): read them as what they were
             out[start:stop] = part.view(out.dtype) if part.dtype.kind == "V" else part
         self.done.append((start, stop))

@@ -786,8 +786,9 @@ def _decompose(data: datasets.Dataset, preds: np.ndarray, noise_var: float,
             terms = decompose.classifier(preds, f, logits=logits)  # KW terms: table only
             # the split below is of the last class's probability (a logit is no probability;
             # a one-hot square loss's output is its estimate)
-            flat = (jax.nn.softmax(decompose.class_logits(preds), axis=-1)[..., -1] if logits
-                    else jnp.asarray(preds)[..., -1])
+            out = jnp.asarray(preds)  # one output per point is already P(class 1)
+            flat = (jax.nn.softmax(decompose.class_logits(out), axis=-1)[..., -1] if logits
+                    else out if out.ndim == 2 else out[..., -1])
         if n_inits > 1:
             split = decompose.variance_split(flat.reshape(-1, n_inits, flat.shape[1]))
             terms |= {"variance from initialisation": split.init,

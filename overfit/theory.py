@@ -54,7 +54,7 @@ def min_norm_risk(p: ArrayLike, n: ArrayLike, r2: float = 1.0, s2: float = 1.0) 
         under = s2 * p / (n - p - 1)
         over = r2 * (1 - n / p) + s2 * n / (p - n - 1)
     # finite on either side of the pole, not only from n - 2 / n + 2 (whole sizes)
-    return np.where(p < n - 1, under, np.where(p > n + 1, over, np.inf))
+    return np.where(p < n - 1, under, np.where(p > n + 1, over, np.inf))[()]
 
 
 def min_norm_risk_asymptotic(gamma: ArrayLike, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:
@@ -68,7 +68,7 @@ def min_norm_risk_asymptotic(gamma: ArrayLike, r2: float = 1.0, s2: float = 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         under = s2 * g / (1 - g)
         over = r2 * (1 - 1 / g) + s2 / (g - 1)
-    return np.where(g < 1, under, np.where(g > 1, over, np.inf))
+    return np.where(g < 1, under, np.where(g > 1, over, np.inf))[()]
 
 
 def optimal_ridge_risk(gamma: ArrayLike, r2: float = 1.0, s2: ArrayLike = 1.0) -> np.ndarray:
@@ -89,7 +89,7 @@ def optimal_ridge_risk(gamma: ArrayLike, r2: float = 1.0, s2: ArrayLike = 1.0) -
         m = (np.sqrt(a**2 + 4 * g * lam) - a) / (2 * g * lam)
         risk = s2 * g * m
     # without noise the formula is 0 * inf: its limit instead
-    return np.where(s2 == 0, r2 * np.maximum(0.0, 1 - 1 / g), risk)
+    return np.where(s2 == 0, r2 * np.maximum(0.0, 1 - 1 / g), risk)[()]  # a scalar stays one
 
 
 def optimal_ridge_lambda(gamma: ArrayLike, r2: float = 1.0, s2: float = 1.0) -> np.ndarray:

@@ -235,7 +235,6 @@ def _objective_and_outputs(model: Model, loss: str | Loss) -> Callable[..., tupl
     per_example = _per_example(loss)
 
     def f(params, state, x, y, key=None, weight=None):
-        x, y = _dropped_to_zero(weight, x), _dropped_to_zero(weight, y)
         out = model.apply(params, state, x, key=key, train=key is not None)
         return _mean(per_example(out, y), weight), out
 
@@ -252,21 +251,11 @@ def score_outputs(out: Array, y: Array, loss: str | Loss, task: str,
     """
     if not y.shape[0]:
         return jnp.asarray(jnp.nan), jnp.asarray(jnp.nan)
-    out, y = _dropped_to_zero(weight, out), _dropped_to_zero(weight, y)
     value = _mean(_per_example(loss)(out, y), weight)
     if task == "classification":
         pred = out > decision_threshold(loss) if out.ndim == 1 else jnp.argmax(out, axis=-1)
         return value, _mean(pred == y, weight)
     return value, _mean((out - y) ** 2, weight)
-
-
-def _dropped_to_zero(weight: Array | None, rows: Array) -> Array:
-    """``rows`` with those of weight 0 set to 0: a dropped row holding NaN (or inputs that
-    overflow) would otherwise reach the loss and its gradient as 0 * NaN = NaN."""
-    if weight is None:
-        return rows
-    keep = jnp.reshape(jnp.asarray(weight) > 0, (-1,) + (1,) * (jnp.ndim(rows) - 1))
-    return jnp.where(keep, rows, jnp.zeros((), rows.dtype))
 
 
 def _mean(values: Array, weight: Array | None) -> Array:
@@ -660,6 +649,7 @@ def fit(
     check_inputs(model, data)
     if weight is not None:
         hparams = {**hparams, _WEIGHT: _check_weight(weight, data, batch_size, key)}
+        data = _zero_dropped_rows(data, hparams[_WEIGHT])
     stopper = never() if early_stopping is None else early_stopping
     if stopper.monitor.endswith(("accuracy", "mse")):
         metric = metric_name(data.task)
@@ -717,6 +707,20 @@ def _check_weight(weight: Any, data: Dataset, batch_size: int | None, key: Array
     return weight
 
 
+def _zero_dropped_rows(data: Dataset, weight: Array) -> Dataset:
+    """The training rows no member keeps (weight 0) set to 0, once per fit: a dropped row
+    holding NaN (or inputs that overflow) would reach the loss and its gradient as
+    0 * NaN = NaN. Shared data keeps one copy: a row some member keeps stays as it is."""
+    dead = weight == 0  # (n,) or (M, n)
+    if data.x_train.ndim == 2 and dead.ndim == 2:
+        dead = jnp.all(dead, axis=0)
+    zero = jnp.zeros((), data.x_train.dtype)
+    return dataclasses.replace(
+        data, x_train=jnp.where(dead[..., None], zero, data.x_train),
+        y_train=jnp.where(dead.reshape(dead.shape + (1,) * (data.y_train.ndim - dead.ndim)),
+                          jnp.zeros((), data.y_train.dtype), data.y_train))
+
+
 def _check_optimizer(optimizer: Any) -> Optimizer:
     """An optax transformation, or a function of the hparams returning one; refuses by
     name the factory itself (``optax.adam``, which fit would call with the hparams)."""
@@ -739,19 +743,27 @@ def _check_optimizer(optimizer: Any) -> Optimizer:
 
 def _check_optimizer_knobs(optimizer: Optimizer, hparams: Mapping[str, Array],
                            batch: bool) -> None:
-    """Build a callable optimizer on every distinct concrete value of each per-member
-    knob (the others at member 0's): its transforms check their own ranges (l2 >= 0, a
-    scalar learning rate), but skip traced values, and inside fit every value is traced
-    (a negative l2 per member trained on, growing the weights). Builds, runs nothing."""
+    """Build a callable optimizer on the extreme concrete values of each per-member knob
+    (the others at member 0's): its transforms check their own ranges (l2 >= 0, a scalar
+    learning rate), but skip traced values, and inside fit every value is traced (a
+    negative l2 per member trained on, growing the weights). Builds, runs nothing."""
     if isinstance(optimizer, Transform) or not is_concrete(hparams):
         return
     first = {k: v[0] if batch and jnp.ndim(v) else v for k, v in hparams.items()}
     first["key"] = jax.random.key(0)
     optimizer(first)
     for name, values in hparams.items():
-        if batch and jnp.ndim(values) == 1:
-            for value in np.unique(np.asarray(values)):
-                optimizer({**first, name: jnp.asarray(value, values.dtype)})
+        if not (batch and jnp.ndim(values) == 1) or jax.dtypes.issubdtype(
+                values.dtype, jax.dtypes.prng_key):
+            continue
+        # a range check fails at an extreme or at a NaN: three builds, however many members
+        v = np.asarray(values, float)
+        finite = v[np.isfinite(v)]
+        picks = {*(finite[[finite.argmin(), finite.argmax()]] if finite.size else ())}
+        picks |= {float("nan")} if np.isnan(v).any() else set()
+        picks |= {float(x) for x in v[np.isinf(v)][:2]}
+        for value in picks:
+            optimizer({**first, name: jnp.asarray(value, values.dtype)})
 
 
 def _check_members(key: Array, data: Dataset, hparams: Mapping[str, Array],

@@ -215,6 +215,10 @@ def test_bad_programs_and_devices_are_named_errors():
         chunks.run_chunks(lambda m, s: m["key"], _members(3), shared=None)
     with pytest.raises(ValueError, match=r"devices=\(\) has no device"):
         chunks.run_chunks(_square_plus, _members(3), shared=jnp.float32(0), devices=[])
+    # one row per chunk passed the one-member trace and was broadcast over the chunk
+    with pytest.raises(ValueError, match=r"returned 1 rows for a chunk of 2 members"):
+        chunks.run_chunks(lambda m, s: jnp.sum(m["a"], keepdims=True), _members(6),
+                          shared=None, chunk_size=2)
 
 
 def test_host_devices_share_one_memory(monkeypatch):
@@ -240,6 +244,11 @@ def test_a_cgroup_limit_bounds_the_cpu_memory(tmp_path):
     assert chunks._cgroup_free(tmp_path) == float("inf")
     (tmp_path / "memory.max").write_text(f"{8 << 30}\n")
     assert chunks._cgroup_free(tmp_path) == (8 << 30) - 100
+    # page cache counts in the usage but is handed back on demand: a container whose
+    # cache filled it up was left no memory, chunks of 1 member
+    (tmp_path / "memory.current").write_text(f"{8 << 30}\n")
+    (tmp_path / "memory.stat").write_text(f"anon 100\ninactive_file {6 << 30}\n")
+    assert chunks._cgroup_free(tmp_path) == 6 << 30
     v1 = tmp_path / "v1" / "memory"
     v1.mkdir(parents=True)
     (v1 / "memory.limit_in_bytes").write_text(f"{2 << 30}\n")

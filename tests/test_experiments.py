@@ -599,3 +599,22 @@ def test_the_dropout_gap_is_how_much_better_the_training_score_is():
     for r in rows:
         assert r["gap"] == pytest.approx(r["val_mse"] - r["train_mse"])
         assert r["gap"] > 0  # 32 units on 15 noisy points: the training error is lower
+
+
+def test_a_square_loss_classifier_with_several_inits_splits_its_variance():
+    """Two-class outputs of a square loss (P(class 1), one per point) with several inits
+    per training set: the variance split indexed their last point, not their last class,
+    and failed."""
+    from overfit import data as datasets
+
+    d = datasets.shared_test(jax.vmap(lambda k: datasets.classification(
+        k, shape="moons", n_train=10, n_test=7))(jax.random.split(jax.random.key(0), 2)))
+    preds = np.random.default_rng(0).uniform(0, 1, (6, 7)).astype(np.float32)  # 3 sets x 2
+    terms = experiments._decompose(d, preds, 0.0, 2, logits=False)
+    sets = preds.reshape(3, 2, 7)
+    init = np.var(sets, axis=1, ddof=1).mean(axis=0)
+    sampling = np.var(sets.mean(axis=1), axis=0, ddof=1) - init / 2
+    np.testing.assert_allclose(terms["variance from initialisation"].value, init.mean(),
+                               rtol=1e-5)
+    np.testing.assert_allclose(terms["variance from training sets"].value, sampling.mean(),
+                               rtol=1e-4, atol=1e-7)

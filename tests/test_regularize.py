@@ -158,6 +158,19 @@ def test_a_negative_strength_per_member_is_refused_before_training():
     with pytest.raises(ValueError, match=r"l2=-1.0 is out of range"):  # one model too
         of.fit(of.polynomial(3), data, key=keys[0], optimizer=_l2_adam, epochs=5,
                hparams={"l2": -1.0})
+    # per-member PRNG keys for the optimizer are no knob to check (np.unique failed on
+    # them), and a random search builds the optimizer a few times, not once per member
+    built = []
+
+    def noisy(hp):
+        built.append(1)
+        return optax.chain(reg.gradient_noise(0.01, key=hp["noise_key"]), optax.adam(1e-2))
+
+    many = jax.random.split(jax.random.key(2), 64)
+    of.fit(of.polynomial(3), data, key=many, optimizer=noisy, epochs=2,
+           hparams={"noise_key": jax.random.split(jax.random.key(3), 64),
+                    "lr": np.random.default_rng(0).uniform(0.01, 0.1, 64)})
+    assert len(built) < 16
 
 
 def test_input_noise_hparam():

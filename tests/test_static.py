@@ -214,3 +214,13 @@ def test_a_stopped_clock_unregisters_its_listeners():
         jax.jit(lambda x: x * 0.987654321)(jnp.arange(2.0)).block_until_ready()
     clock.stop()  # a second stop is harmless
     assert count() == before and clock.compiles >= 1
+
+
+def test_a_clock_stops_on_a_jax_without_unregistering(monkeypatch):
+    """jax before 0.8.1 has no public unregister: the clock then just goes silent (it
+    raised AttributeError at the end of every scenario there)."""
+    monkeypatch.delattr(jax.monitoring, "unregister_event_listener")
+    with CompileClock() as clock:
+        pass
+    jax.jit(lambda x: x * 0.123987)(jnp.arange(2.0)).block_until_ready()
+    assert clock.compiles == 0

@@ -626,7 +626,7 @@ def test_evaluate_scores_as_fit_does_without_being_told_the_loss():
     softmax model failed in a broadcast. It now picks both as fit does."""
     data = classification(jax.random.key(0), shape="moons", n_train=40, n_val=20, n_test=40)
     for model in (mlp(2, (16,)), mlp(2, (16,), n_out=2)):
-        res = fit(model, data, key=jax.random.key(1), epochs=100, eval_every=100,
+        res = fit(model, data, key=jax.random.key(1), epochs=20, eval_every=20,
                   early_stopping=NEVER)
         loss, accuracy = evaluate(model, res.params, res.state, data.x_test, data.y_test)
         np.testing.assert_allclose([loss, accuracy], [res.test_loss, res.test_metric],
