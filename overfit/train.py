@@ -756,13 +756,12 @@ def _check_optimizer_knobs(optimizer: Optimizer, hparams: Mapping[str, Array],
         if not (batch and jnp.ndim(values) == 1) or jax.dtypes.issubdtype(
                 values.dtype, jax.dtypes.prng_key):
             continue
-        # a range check fails at an extreme or at a NaN: three builds, however many members
+        # a range check fails at an extreme or at a non-finite value: a few builds, however
+        # many members (np.unique counts every NaN as one)
         v = np.asarray(values, float)
         finite = v[np.isfinite(v)]
-        picks = {*(finite[[finite.argmin(), finite.argmax()]] if finite.size else ())}
-        picks |= {float("nan")} if np.isnan(v).any() else set()
-        picks |= {float(x) for x in v[np.isinf(v)][:2]}
-        for value in picks:
+        edges = [finite.min(), finite.max()] if finite.size else []
+        for value in np.unique(np.concatenate([v[~np.isfinite(v)], edges])):
             optimizer({**first, name: jnp.asarray(value, values.dtype)})
 
 
